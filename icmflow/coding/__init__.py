@@ -1,0 +1,1 @@
+"""Codecs: the model registry, checkpoints, and real bitstreams through the entropy coder."""

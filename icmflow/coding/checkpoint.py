@@ -1,0 +1,74 @@
+"""Checkpoints in CompressAI's layout, so they move between icmflow and CompressAI unchanged.
+
+A checkpoint is `torch.save` of a dict with CompressAI's keys: `state_dict` (the model, saved after
+`update(force=True)`, so it carries the entropy coder's CDF tables), `epoch`, `loss`, `optimizer`
+and `aux_optimizer`, plus an `icmflow` entry (architecture name, its arguments, loss and λ).
+CompressAI's `eval_model -a <arch> -p <checkpoint>` and `<ModelClass>.from_state_dict` read it;
+`load_codec` also reads plain CompressAI checkpoints when given the architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from compressai.models import CompressionModel
+from compressai.registry import MODELS
+
+from icmflow.coding.registry import create_model
+
+
+def save_checkpoint(
+    path: Path,
+    model: CompressionModel,
+    *,
+    arch: str,
+    model_args: dict[str, Any],
+    step: int,
+    loss: float,
+    optimizer: torch.optim.Optimizer,
+    aux_optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+) -> None:
+    """Save the updated model: call `model.update(force=True)` before this."""
+    record = {
+        "epoch": step,
+        "state_dict": model.state_dict(),
+        "loss": loss,
+        "optimizer": optimizer.state_dict(),
+        "aux_optimizer": aux_optimizer.state_dict(),
+        "icmflow": {"arch": arch, "model_args": model_args, "step": step, **extra},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(record, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; train the codec first")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_codec(path: Path, arch: str | None = None) -> CompressionModel:
+    """A model ready for `compress()`/`decompress()` from an icmflow or CompressAI checkpoint."""
+    record = read_checkpoint(path)
+    state_dict = record
+    for key in ("state_dict", "network", "model_state_dict"):  # CompressAI's accepted keys
+        if key in record:
+            state_dict = record[key]
+            break
+    meta = record.get("icmflow")
+    if meta is not None:
+        model = create_model(meta["arch"], **meta["model_args"])
+        model.load_state_dict(state_dict)  # CompressAI's override resizes the CDF buffers
+    elif arch is not None:
+        if arch not in MODELS:
+            raise ValueError(f"{path}: unknown architecture {arch!r}")
+        model = MODELS[arch].from_state_dict(state_dict)
+        model.update(force=True)
+    else:
+        raise ValueError(f"{path}: not an icmflow checkpoint; say which architecture it holds")
+    return model.eval()

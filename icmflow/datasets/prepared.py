@@ -1,0 +1,55 @@
+"""Prepared datasets: normalised COCO JSON files whose `icmflow.image_root` locates the pixels.
+
+`image_root` is stored relative to the JSON file's folder, so a prepared dataset keeps working
+when the project moves or DVC checks it out elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from icmflow.datasets.coco import annotations_by_image, load_json
+from icmflow.files import write_json
+
+
+def write_prepared(path: Path, dataset: dict, *, image_root: Path, final_dir: Path) -> None:
+    """Write `dataset` to `path`, recording `image_root` relative to `final_dir`.
+
+    `final_dir` is where the JSON will live once its directory is moved into place.
+    """
+    relative = os.path.relpath(Path(image_root).resolve(), Path(final_dir).resolve())
+    dataset = {**dataset, "icmflow": {**dataset.get("icmflow", {}), "image_root": relative}}
+    write_json(path, dataset, indent=None)
+
+
+@dataclass
+class PreparedDataset:
+    """A normalised COCO JSON file and the image folder it names."""
+
+    path: Path
+    data: dict
+
+    @classmethod
+    def load(cls, path: Path | str) -> PreparedDataset:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: prepared dataset not found; run `icmflow prepare`")
+        return cls(path, load_json(path))
+
+    @property
+    def images(self) -> list[dict]:
+        return self.data["images"]
+
+    @property
+    def image_root(self) -> Path:
+        return (self.path.parent / self.data["icmflow"]["image_root"]).resolve()
+
+    def image_path(self, image: dict) -> Path:
+        return self.image_root / image["file_name"]
+
+    @cached_property
+    def annotations(self) -> dict[int, list[dict]]:
+        return annotations_by_image(self.data)

@@ -1,0 +1,46 @@
+"""Errors about user input, and the policy that turns them into skips."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+
+
+class InputError(Exception):
+    """Bad input: names the file, the entry inside it, and what is wrong."""
+
+    def __init__(self, file: str, entry: str, reason: str):
+        self.file, self.entry, self.reason = str(file), entry, reason
+        super().__init__(f"{self.file}: {entry}: {reason}" if entry else f"{self.file}: {reason}")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One entry left out because `on_error` is `skip`."""
+
+    file: str
+    entry: str
+    reason: str
+
+
+class ProblemLog:
+    """Applies the `on_error` policy: raise an `InputError`, or record a `Skip` and log it."""
+
+    def __init__(self, on_error: OnError):
+        self.on_error = on_error
+        self.skipped: list[Skip] = []
+
+    def report(self, file: str, entry: str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise InputError(file, entry, reason)
+        skip = Skip(str(file), entry, reason)
+        self.skipped.append(skip)
+        log.warning("skipped %s: %s: %s", skip.file, skip.entry, skip.reason)
+
+    def as_records(self) -> list[dict[str, str]]:
+        return [asdict(s) for s in self.skipped]

@@ -1,0 +1,1 @@
+"""Evaluation: image-quality metrics per codec, BD-rate, RD tables and plots."""

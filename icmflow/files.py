@@ -1,0 +1,78 @@
+"""Atomic file and directory writes: a reader never sees a half-written output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, replacing whatever `dst` was; the last step is one rename."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        remove(trash)
+    else:
+        os.replace(src, dst)
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes `final` only if the block completes."""
+    tmp = _temporary_sibling(final)
+    remove(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        remove(tmp)
+        raise
+    replace(tmp, final)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def _standard_json(obj: Any) -> Any:
+    """Replace NaN and infinities, which JSON cannot hold, by null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _standard_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_standard_json(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Write standard JSON (non-finite floats become null) atomically."""
+    write_text(path, json.dumps(_standard_json(obj), indent=indent, allow_nan=False) + "\n")

@@ -1,0 +1,176 @@
+"""Build a mask store in parallel on a dask cluster, resumably, and move it into place when done.
+
+Work happens in a `WorkDir`: `store.zarr` (the store being built) and `done/` (one marker per
+finished shard, written after its shard). A rerun with the same fingerprint skips finished shards;
+a different fingerprint starts over. The store reaches its final path only complete, by one
+rename.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import Client, as_completed
+from tqdm import tqdm
+
+from icmflow.datasets.coco import annotations_by_image, geometry_problem
+from icmflow.errors import InputError
+from icmflow.files import remove, replace
+from icmflow.masks.rle import object_mask
+from icmflow.masks.store import create_store, mark_complete, store_attrs, write_shard
+from icmflow.resume import WorkDir, fingerprint
+
+log = logging.getLogger(__name__)
+
+MaskMaker = Callable[[Any], list[np.ndarray]]
+"""Turns one shard's payload into that shard's masks, in image order. Must be picklable."""
+
+
+def _run_shard(
+    store: str, done_dir: str, shard: int, start: int, make_masks: MaskMaker, payload: Any
+) -> int:
+    masks = make_masks(payload)
+    write_shard(store, start, masks)
+    (Path(done_dir) / f"{shard:06d}").touch()
+    return len(masks)
+
+
+def _is_complete_build(store: Path, digest: str) -> bool:
+    try:
+        attrs = store_attrs(store)
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
+    return bool(attrs.get("complete")) and attrs.get("fingerprint") == digest
+
+
+def build_store(
+    out: Path,
+    *,
+    work: Path,
+    image_ids: Sequence[int],
+    heights: Sequence[int],
+    widths: Sequence[int],
+    payloads: Sequence[Any],
+    make_masks: MaskMaker,
+    images_per_shard: int,
+    attrs: dict[str, Any],
+    client: Client | None,
+    desc: str = "masks",
+) -> Path:
+    """Build the store at `out` from one payload per shard; `client=None` runs in this process.
+
+    `attrs["fingerprint"]` must identify everything the masks depend on; a complete store with
+    the same fingerprint already at `out` is kept as it is.
+    """
+    n_shards = -(-len(image_ids) // images_per_shard)
+    if len(payloads) != n_shards:
+        raise ValueError(f"{len(payloads)} payloads for {n_shards} shards")
+    if out.exists():
+        if _is_complete_build(out, attrs["fingerprint"]):
+            return out
+        remove(out)
+    workdir = WorkDir(work, attrs["fingerprint"])
+    store, done = work / "store.zarr", work / "done"
+    if workdir.resume():
+        for leftover in store.rglob("*.partial"):  # a zarr write killed before its rename
+            leftover.unlink()
+    else:
+        done.mkdir()
+        create_store(
+            store,
+            image_ids=image_ids,
+            heights=heights,
+            widths=widths,
+            images_per_shard=images_per_shard,
+            attrs=attrs,
+        )
+        workdir.seal()
+    todo = [s for s in range(n_shards) if not (done / f"{s:06d}").exists()]
+    tasks = [
+        (str(store), str(done), s, s * images_per_shard, make_masks, payloads[s]) for s in todo
+    ]
+    finished = len(image_ids) - sum(
+        min(images_per_shard, len(image_ids) - s * images_per_shard) for s in todo
+    )
+    with tqdm(total=len(image_ids), initial=finished, desc=desc, unit="img") as bar:
+        try:
+            if client is None:
+                for task in tasks:
+                    bar.update(_run_shard(*task))
+            else:
+                futures = [client.submit(_run_shard, *task, pure=False) for task in tasks]
+                try:
+                    for future in as_completed(futures):
+                        bar.update(future.result())
+                except BaseException:
+                    client.cancel(futures)
+                    raise
+        except InputError:
+            workdir.discard()  # bad input: nothing to resume, the input must change first
+            raise
+    mark_complete(store)
+    replace(store, out)
+    workdir.discard()
+    return out
+
+
+def _object_masks(payload: tuple[str, list[tuple[dict, list[dict]]], bool]) -> list[np.ndarray]:
+    source, images, include_crowd = payload
+    masks = []
+    for image, instances in images:
+        for ann in instances:
+            problem = geometry_problem(ann, image["width"], image["height"])
+            if problem:
+                raise InputError(
+                    source, f"annotation id={ann.get('id')} of image id={image['id']}", problem
+                )
+        masks.append(
+            object_mask(instances, image["height"], image["width"], include_crowd=include_crowd)
+        )
+    return masks
+
+
+def build_object_masks(
+    dataset: dict,
+    out: Path,
+    *,
+    work: Path,
+    source: str,
+    include_crowd: bool,
+    images_per_shard: int,
+    client: Client | None,
+) -> Path:
+    """Object masks (union of each image's instances) of a normalised COCO dict, stored at `out`."""
+    images = dataset["images"]
+    grouped = annotations_by_image(dataset)
+    payloads = [
+        (
+            source,
+            [(image, grouped[image["id"]]) for image in images[s : s + images_per_shard]],
+            include_crowd,
+        )
+        for s in range(0, len(images), images_per_shard)
+    ]
+    digest = fingerprint("object", images, dataset["annotations"], include_crowd, images_per_shard)
+    return build_store(
+        out,
+        work=work,
+        image_ids=[image["id"] for image in images],
+        heights=[image["height"] for image in images],
+        widths=[image["width"] for image in images],
+        payloads=payloads,
+        make_masks=_object_masks,
+        images_per_shard=images_per_shard,
+        attrs={
+            "kind": "object",
+            "crowd": "include" if include_crowd else "exclude",
+            "source": source,
+            "fingerprint": digest,
+        },
+        client=client,
+        desc=f"object masks {Path(source).name}",
+    )

@@ -1,0 +1,1 @@
+"""The pipeline layer: CLI, params schema, output paths and provenance."""

@@ -1,0 +1,35 @@
+"""Stage `evaluate@<loss>-<λ>`: bpp, PSNR, object-region PSNR and MS-SSIM of one codec."""
+
+from __future__ import annotations
+
+from icmflow.coding.coded_dataset import read_bytes_per_image
+from icmflow.datasets.prepared import PreparedDataset
+from icmflow.evaluation.evaluate import evaluate_coded
+from icmflow.evaluation.report import write_csv
+from icmflow.files import atomic_directory, write_json
+from icmflow.masks.store import MaskStore
+from icmflow.pipeline.params import Params
+from icmflow.pipeline.paths import Paths
+from icmflow.pipeline.provenance import write_provenance
+
+
+def run(params: Params, paths: Paths, name: str) -> None:
+    codec, options = params.codec(name), params.encode
+    coded_dir = paths.coded(name)
+    rows, summary = evaluate_coded(
+        PreparedDataset.load(paths.prepared_split(options.dataset, options.split)),
+        PreparedDataset.load(coded_dir / "annotations.json"),
+        MaskStore(paths.mask_store("object", options.dataset, options.split)),
+        read_bytes_per_image(coded_dir),
+    )
+    with atomic_directory(paths.metrics(name)) as out:
+        write_csv(out / "per_image.csv", rows, list(rows[0]) if rows else [])
+        write_json(
+            out / "metrics.json",
+            {"codec": name, "loss": codec.loss, "lambda": codec.lmbda, **summary},
+        )
+        write_provenance(
+            out,
+            f"evaluate@{name}",
+            {"codec": name, "encode": {"dataset": options.dataset, "split": options.split}},
+        )

@@ -1,0 +1,46 @@
+"""Stage `prepare@<dataset>`: validate and normalise every split, with a report of skips."""
+
+from __future__ import annotations
+
+import logging
+
+from icmflow.datasets.coco import prepare_coco
+from icmflow.datasets.prepared import write_prepared
+from icmflow.errors import ProblemLog
+from icmflow.files import atomic_directory, write_json
+from icmflow.pipeline.params import Params
+from icmflow.pipeline.paths import Paths
+from icmflow.pipeline.provenance import write_provenance
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, paths: Paths, dataset: str) -> None:
+    source = params.dataset(dataset)
+    problems = ProblemLog(params.prepare.on_error)
+    final = paths.prepared(dataset)
+    counts = {}
+    with atomic_directory(final) as out:
+        for split in source.splits:
+            annotations, images = source.split_paths(split)
+            prepared = prepare_coco(
+                annotations,
+                images,
+                problems,
+                decode_images=params.prepare.decode_images,
+                workers=params.prepare.workers,
+            )
+            write_prepared(out / f"{split}.json", prepared, image_root=images, final_dir=final)
+            counts[split] = {
+                "images": len(prepared["images"]),
+                "annotations": len(prepared["annotations"]),
+            }
+            log.info("%s/%s: %s", dataset, split, counts[split])
+        write_json(out / "report.json", {"splits": counts, "skipped": problems.as_records()})
+        write_provenance(
+            out,
+            f"prepare@{dataset}",
+            {"datasets": {dataset: source.model_dump()}, "prepare": params.prepare.model_dump()},
+        )
+    if problems.skipped:
+        log.warning("%d entries skipped; see %s", len(problems.skipped), final / "report.json")

@@ -1,0 +1,67 @@
+"""Shared fixtures: the sample dataset, prepared and masked once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from icmflow.datasets.coco import prepare_coco
+from icmflow.datasets.prepared import PreparedDataset, write_prepared
+from icmflow.datasets.sample import write_sample_coco
+from icmflow.errors import ProblemLog
+from icmflow.masks.build import build_object_masks
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = Path(os.environ.get("ICMFLOW_SAMPLES", REPO.parent / "shared" / "samples"))
+
+
+def real_sample(name: str) -> Path:
+    """A folder of ../shared/samples (or $ICMFLOW_SAMPLES); the test is skipped without it."""
+    path = SAMPLES / name
+    if not path.is_dir():
+        pytest.skip(f"real sample {name} not found under {SAMPLES}")
+    return path
+
+
+def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:
+    prepared = prepare_coco(annotations, images, ProblemLog("raise"), workers=2)
+    path = tmp / f"{name}.json"
+    write_prepared(path, prepared, image_root=images, final_dir=tmp)
+    return PreparedDataset.load(path)
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sample") / "coco"
+    write_sample_coco(root, train_images=10, val_images=5, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_prepared(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("prepared")
+    return {
+        split: prepare_split(
+            out, sample_root / "annotations" / f"instances_{split}.json", sample_root / split, split
+        )
+        for split in ("train", "val")
+    }
+
+
+@pytest.fixture(scope="session")
+def sample_masks(sample_prepared: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("masks")
+    stores = {}
+    for split, dataset in sample_prepared.items():
+        stores[split] = build_object_masks(
+            dataset.data,
+            out / f"{split}.zarr",
+            work=out / f"work-{split}",
+            source=str(dataset.path),
+            include_crowd=True,
+            images_per_shard=4,
+            client=None,
+        )
+    return stores

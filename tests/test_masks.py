@@ -1,0 +1,189 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import zarr
+from pycocotools.coco import COCO
+from zarr.storage import LocalStore, LoggingStore
+
+from icmflow.datasets.prepared import PreparedDataset
+from icmflow.errors import InputError
+from icmflow.masks.build import build_object_masks, build_store
+from icmflow.masks.store import IncompleteStoreError, MaskStore
+from icmflow.parallel import dask_client
+from tests.conftest import prepare_split, real_sample
+
+
+def pycocotools_union(coco: COCO, image_id: int, include_crowd: bool = True) -> np.ndarray:
+    info = coco.imgs[image_id]
+    union = np.zeros((info["height"], info["width"]), dtype=bool)
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+        if include_crowd or not ann["iscrowd"]:
+            union |= coco.annToMask(ann).astype(bool)
+    return union
+
+
+def assert_identical_to_pycocotools(dataset: PreparedDataset, store: MaskStore, crowd=True):
+    coco = COCO(str(dataset.path))
+    assert sorted(store.image_ids) == sorted(coco.imgs)
+    for image_id in coco.imgs:
+        np.testing.assert_array_equal(
+            store.mask(image_id), pycocotools_union(coco, image_id, crowd)
+        )
+
+
+def test_sample_masks_equal_pycocotools_union(sample_prepared, sample_masks):
+    for split in ("train", "val"):
+        assert_identical_to_pycocotools(sample_prepared[split], MaskStore(sample_masks[split]))
+
+
+def test_crowd_can_be_excluded(sample_prepared, tmp_path):
+    val = sample_prepared["val"]
+    out = build_object_masks(
+        val.data,
+        tmp_path / "m.zarr",
+        work=tmp_path / "w",
+        source="val",
+        include_crowd=False,
+        images_per_shard=2,
+        client=None,
+    )
+    store = MaskStore(out)
+    assert store.attrs["crowd"] == "exclude"
+    assert_identical_to_pycocotools(val, store, crowd=False)
+    crowd_image = next(a["image_id"] for a in val.data["annotations"] if a["iscrowd"])
+    assert (
+        MaskStore(out).mask(crowd_image).sum()
+        < pycocotools_union(COCO(str(val.path)), crowd_image).sum()
+    )
+
+
+def test_layout_one_chunk_per_image_and_few_shard_files(sample_prepared, sample_masks):
+    path = sample_masks["train"]
+    n = len(sample_prepared["train"].images)
+    array = zarr.open_group(path, mode="r")["mask"]
+    _, h, w = array.shape
+    assert array.chunks == (1, h, w)
+    assert array.shards == (4, h, w)
+    shard_files = [p for p in (path / "mask" / "c").rglob("*") if p.is_file()]
+    assert 1 <= len(shard_files) <= math.ceil(n / 4)
+
+
+def test_reading_one_mask_costs_constant_reads(sample_prepared, sample_masks):
+    logging_store = LoggingStore(LocalStore(sample_masks["train"], read_only=True))
+    store = MaskStore(logging_store)
+    for image_id in store.image_ids[:6]:
+        logging_store.counter.clear()
+        store.mask(image_id)
+        reads = sum(v for k, v in logging_store.counter.items() if k.startswith("get"))
+        assert reads <= 2  # the shard index and the one chunk
+
+
+def test_real_coco_voc3_masks_equal_pycocotools(tmp_path):
+    root = real_sample("coco-voc3")
+    dataset = prepare_split(tmp_path, root / "annotations.json", root, "voc3")
+    assert len(dataset.data["annotations"]) == 12
+    out = build_object_masks(
+        dataset.data,
+        tmp_path / "voc3.zarr",
+        work=tmp_path / "w",
+        source=str(dataset.path),
+        include_crowd=True,
+        images_per_shard=2,
+        client=None,
+    )
+    assert_identical_to_pycocotools(dataset, MaskStore(out))
+
+
+def test_polygon_outside_image_leaves_no_store(sample_prepared, tmp_path):
+    data = json.loads(json.dumps(sample_prepared["val"].data))
+    bad = next(a for a in data["annotations"] if isinstance(a["segmentation"], list))
+    bad["segmentation"][0][1] = -400.0
+    with pytest.raises(InputError, match=rf"val.json: annotation id={bad['id']} .*outside"):
+        build_object_masks(
+            data,
+            tmp_path / "m.zarr",
+            work=tmp_path / "w",
+            source="data/val.json",
+            include_crowd=True,
+            images_per_shard=2,
+            client=None,
+        )
+    assert not (tmp_path / "m.zarr").exists()
+    assert not (tmp_path / "w").exists()
+
+
+def store_files(path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_build_resumes_without_recomputing(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [rng.random((20 + i, 30)) > 0.5 for i in range(10)]
+    shards = [list(range(s, min(s + 3, 10))) for s in range(0, 10, 3)]
+    computed = []
+
+    def make(payload, fail_at=None):
+        if payload[0] == fail_at:
+            raise Interrupted
+        computed.append(payload[0])
+        return [masks[i] for i in payload]
+
+    common = dict(
+        work=tmp_path / "w",
+        image_ids=list(range(10)),
+        heights=[m.shape[0] for m in masks],
+        widths=[30] * 10,
+        payloads=shards,
+        images_per_shard=3,
+        attrs={"kind": "test", "fingerprint": "f1"},
+        client=None,
+    )
+    with pytest.raises(Interrupted):
+        build_store(tmp_path / "out.zarr", make_masks=lambda p: make(p, fail_at=6), **common)
+    assert computed == [0, 3] and not (tmp_path / "out.zarr").exists()
+    computed.clear()
+    build_store(tmp_path / "out.zarr", make_masks=make, **common)
+    assert computed == [6, 9]
+    store = MaskStore(tmp_path / "out.zarr")
+    for i, mask in enumerate(masks):
+        np.testing.assert_array_equal(store.mask(i), mask)
+    build_store(tmp_path / "ref.zarr", make_masks=make, **{**common, "work": tmp_path / "w2"})
+    assert store_files(tmp_path / "out.zarr") == store_files(tmp_path / "ref.zarr")
+
+
+def test_incomplete_store_is_refused(tmp_path):
+    from icmflow.masks.store import create_store
+
+    create_store(
+        tmp_path / "s.zarr",
+        image_ids=[1],
+        heights=[4],
+        widths=[4],
+        images_per_shard=1,
+        attrs={"kind": "object", "fingerprint": "x"},
+    )
+    with pytest.raises(IncompleteStoreError, match="incomplete"):
+        MaskStore(tmp_path / "s.zarr")
+    with pytest.raises(FileNotFoundError, match="run `icmflow masks`"):
+        MaskStore(tmp_path / "absent.zarr")
+
+
+def test_dask_cluster_build_equals_in_process_build(sample_prepared, sample_masks, tmp_path):
+    train = sample_prepared["train"]
+    with dask_client(None, n_workers=2) as client:
+        out = build_object_masks(
+            train.data,
+            tmp_path / "train.zarr",
+            work=tmp_path / "w",
+            source=str(train.path),
+            include_crowd=True,
+            images_per_shard=4,
+            client=client,
+        )
+    assert store_files(out) == store_files(sample_masks["train"])
