@@ -10,7 +10,7 @@ from zarr.storage import LocalStore, LoggingStore
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.errors import InputError
 from icmflow.masks.build import build_object_masks, build_store
-from icmflow.masks.store import IncompleteStoreError, MaskStore
+from icmflow.masks.store import IncompleteStoreError, MaskStore, create_store, write_shard
 from icmflow.parallel import dask_client
 from tests.conftest import prepare_split, real_sample
 
@@ -63,9 +63,10 @@ def test_layout_one_chunk_per_image_and_few_shard_files(sample_prepared, sample_
     path = sample_masks["train"]
     n = len(sample_prepared["train"].images)
     array = zarr.open_group(path, mode="r")["mask"]
-    _, h, w = array.shape
-    assert array.chunks == (1, h, w)
-    assert array.shards == (4, h, w)
+    _, rows, w = array.shape
+    assert rows == math.ceil(max(im["height"] for im in sample_prepared["train"].images) / 8)
+    assert array.chunks == (1, rows, w)
+    assert array.shards == (4, rows, w)
     shard_files = [p for p in (path / "mask" / "c").rglob("*") if p.is_file()]
     assert 1 <= len(shard_files) <= math.ceil(n / 4)
 
@@ -158,8 +159,6 @@ def test_interrupted_build_resumes_without_recomputing(tmp_path):
 
 
 def test_incomplete_store_is_refused(tmp_path):
-    from icmflow.masks.store import create_store
-
     create_store(
         tmp_path / "s.zarr",
         image_ids=[1],
@@ -187,3 +186,25 @@ def test_dask_cluster_build_equals_in_process_build(sample_prepared, sample_mask
             client=client,
         )
     assert store_files(out) == store_files(sample_masks["train"])
+
+
+def test_shards_are_byte_identical_to_zarrs_own_writer(tmp_path):
+    rng = np.random.default_rng(1)
+    masks = [rng.random((30 + i, 40)) > 0.7 for i in range(5)] + [np.zeros((31, 40), bool)]
+    heights, widths = [m.shape[0] for m in masks], [40] * 6
+    common = dict(image_ids=list(range(6)), heights=heights, widths=widths, images_per_shard=4)
+    create_store(tmp_path / "ours.zarr", attrs={"fingerprint": "x"}, **common)
+    create_store(tmp_path / "zarrs.zarr", attrs={"fingerprint": "x"}, **common)
+    write_shard(tmp_path / "ours.zarr", 0, masks[:4])
+    write_shard(tmp_path / "ours.zarr", 1, masks[4:])
+    array = zarr.open_group(tmp_path / "zarrs.zarr", mode="r+")["mask"]
+    block = np.zeros(array.shape, dtype=np.uint8)
+    for i, mask in enumerate(masks):
+        packed = np.packbits(mask, axis=0)
+        block[i, : packed.shape[0], : packed.shape[1]] = packed
+    array[:] = block
+    assert store_files(tmp_path / "ours.zarr") == store_files(tmp_path / "zarrs.zarr")
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "ours.zarr")["mask"][:], block)
+    for i in (1, 5):  # unpacking with plain numpy, as the layout docstring says
+        unpacked = np.unpackbits(block[i], axis=0, count=heights[i])[:, :40]
+        np.testing.assert_array_equal(unpacked.view(bool), masks[i])
