@@ -8,10 +8,13 @@ pixels through `read_rgb`, so the convention holds everywhere.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from icmflow.files import write_bytes
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -46,5 +49,7 @@ def read_size(path: Path | str) -> tuple[int, int]:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write H×W×3 uint8 pixels losslessly."""
-    Image.fromarray(rgb).save(path, format="PNG")
+    """Write H×W×3 uint8 pixels losslessly, through a rename."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
