@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from icmflow.coding.checkpoint import save_checkpoint
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.datasets.sample import write_sample_coco
@@ -22,6 +24,23 @@ def real_sample(name: str) -> Path:
     path = SAMPLES / name
     if not path.is_dir():
         pytest.skip(f"real sample {name} not found under {SAMPLES}")
+    return path
+
+
+def save_codec(model, path: Path, model_args: dict) -> Path:
+    """Save a (tiny) bmshj2018-hyperprior as the train stage does, without optimiser history."""
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(
+        path,
+        model,
+        arch="bmshj2018-hyperprior",
+        model_args=model_args,
+        step=0,
+        loss=0.0,
+        optimizer=optimizer,
+        aux_optimizer=optimizer,
+        extra={},
+    )
     return path
 
 

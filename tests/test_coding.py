@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from icmflow.coding.bitstream import Bitstream, pack, unpack
-from icmflow.coding.checkpoint import save_checkpoint
 from icmflow.coding.codec import compress_image, decompress_image
 from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.coding.registry import create_model
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.parallel import dask_client
+from tests.conftest import save_codec
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +46,11 @@ def test_any_image_size_decodes_to_its_own_size(codec):
         assert decoded.shape == (h, w, 3) and decoded.dtype == np.uint8
 
 
-def save(model, path):
-    optimizer = torch.optim.Adam(model.parameters())
-    save_checkpoint(
-        path,
-        model,
-        arch="bmshj2018-hyperprior",
-        model_args={"N": 16, "M": 16},
-        step=0,
-        loss=0.0,
-        optimizer=optimizer,
-        aux_optimizer=optimizer,
-        extra={},
-    )
-    return path
-
-
 def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     codec, sample_prepared, tmp_path
 ):
     val = sample_prepared["val"]
-    checkpoint = save(codec, tmp_path / "codec.pth.tar")
+    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
     tmp_path = tmp_path / "coded"
     summary = encode_dataset(checkpoint, val, tmp_path)
     coded = PreparedDataset.load(tmp_path / "annotations.json")
@@ -91,7 +75,7 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
 
 def test_encoding_on_a_dask_cluster_resumes_and_matches(codec, sample_prepared, tmp_path):
     val = sample_prepared["val"]
-    checkpoint = save(codec, tmp_path / "codec.pth.tar")
+    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
     serial = tmp_path / "serial"
     encode_dataset(checkpoint, val, serial, images_per_task=2)
     first = val.images[0]["file_name"].removesuffix(".png")

@@ -33,6 +33,18 @@ def assert_identical_to_pycocotools(dataset: PreparedDataset, store: MaskStore, 
         )
 
 
+def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
+    return build_object_masks(
+        dataset,
+        out,
+        work=out.with_name(out.name + ".work"),
+        source=source,
+        include_crowd=crowd,
+        images_per_shard=per_shard,
+        client=client,
+    )
+
+
 def test_sample_masks_equal_pycocotools_union(sample_prepared, sample_masks):
     for split in ("train", "val"):
         assert_identical_to_pycocotools(sample_prepared[split], MaskStore(sample_masks[split]))
@@ -40,15 +52,7 @@ def test_sample_masks_equal_pycocotools_union(sample_prepared, sample_masks):
 
 def test_crowd_can_be_excluded(sample_prepared, tmp_path):
     val = sample_prepared["val"]
-    out = build_object_masks(
-        val.data,
-        tmp_path / "m.zarr",
-        work=tmp_path / "w",
-        source="val",
-        include_crowd=False,
-        images_per_shard=2,
-        client=None,
-    )
+    out = build(val.data, tmp_path / "m.zarr", crowd=False)
     store = MaskStore(out)
     assert store.attrs["crowd"] == "exclude"
     assert_identical_to_pycocotools(val, store, crowd=False)
@@ -85,15 +89,7 @@ def test_real_coco_voc3_masks_equal_pycocotools(tmp_path):
     root = real_sample("coco-voc3")
     dataset = prepare_split(tmp_path, root / "annotations.json", root, "voc3")
     assert len(dataset.data["annotations"]) == 12
-    out = build_object_masks(
-        dataset.data,
-        tmp_path / "voc3.zarr",
-        work=tmp_path / "w",
-        source=str(dataset.path),
-        include_crowd=True,
-        images_per_shard=2,
-        client=None,
-    )
+    out = build(dataset.data, tmp_path / "voc3.zarr")
     assert_identical_to_pycocotools(dataset, MaskStore(out))
 
 
@@ -102,17 +98,9 @@ def test_polygon_outside_image_leaves_no_store(sample_prepared, tmp_path):
     bad = next(a for a in data["annotations"] if isinstance(a["segmentation"], list))
     bad["segmentation"][0][1] = -400.0
     with pytest.raises(InputError, match=rf"val.json: annotation id={bad['id']} .*outside"):
-        build_object_masks(
-            data,
-            tmp_path / "m.zarr",
-            work=tmp_path / "w",
-            source="data/val.json",
-            include_crowd=True,
-            images_per_shard=2,
-            client=None,
-        )
+        build(data, tmp_path / "m.zarr", source="data/val.json")
     assert not (tmp_path / "m.zarr").exists()
-    assert not (tmp_path / "w").exists()
+    assert not (tmp_path / "m.zarr.work").exists()
 
 
 def store_files(path) -> dict:
@@ -176,14 +164,8 @@ def test_incomplete_store_is_refused(tmp_path):
 def test_dask_cluster_build_equals_in_process_build(sample_prepared, sample_masks, tmp_path):
     train = sample_prepared["train"]
     with dask_client(None, n_workers=2) as client:
-        out = build_object_masks(
-            train.data,
-            tmp_path / "train.zarr",
-            work=tmp_path / "w",
-            source=str(train.path),
-            include_crowd=True,
-            images_per_shard=4,
-            client=client,
+        out = build(
+            train.data, tmp_path / "train.zarr", client=client, per_shard=4, source=str(train.path)
         )
     assert store_files(out) == store_files(sample_masks["train"])
 
