@@ -1,34 +1,78 @@
-"""Dask distributed clusters: a LocalCluster by default, or an existing scheduler by address."""
+"""Dask distributed clusters: a LocalCluster by default, or an existing scheduler by address.
+
+With `gpus`, the local cluster has one worker process per GPU, each seeing only its own GPU
+(`CUDA_VISIBLE_DEVICES`) and running one task at a time, so each holds one model on one GPU.
+For GPUs on several machines, start the workers there (e.g. `dask-cuda-worker`, one per GPU)
+and pass their scheduler's address.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_worker
 
 log = logging.getLogger(__name__)
 
 
+def _gpu_cluster(gpus: Sequence[str]) -> SpecCluster:
+    def worker(gpu: str) -> dict:
+        options = {
+            "nthreads": 1,
+            "host": "127.0.0.1",
+            "env": {"CUDA_VISIBLE_DEVICES": gpu},
+            "silence_logs": logging.WARNING,
+        }
+        return {"cls": Nanny, "options": options}
+
+    return SpecCluster(
+        scheduler={
+            "cls": Scheduler,
+            "options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+        },
+        workers={f"gpu-{gpu}": worker(gpu) for gpu in gpus},
+        silence_logs=logging.WARNING,
+    )
+
+
 @contextmanager
 def dask_client(
-    scheduler: str | None, *, n_workers: int = 2, threads_per_worker: int = 1
+    scheduler: str | None,
+    *,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    gpus: Sequence[str] = (),
 ) -> Iterator[Client]:
-    """A client of the cluster at `scheduler`, or of a new LocalCluster of worker processes."""
+    """A client of the cluster at `scheduler`, or of a new local cluster of worker processes.
+
+    The local cluster has `n_workers` CPU workers, or one worker per entry of `gpus`
+    (CUDA_VISIBLE_DEVICES values) when that is not empty.
+    """
     if scheduler:
         log.info("joining the dask cluster at %s", scheduler)
         with Client(scheduler) as client:
             yield client
         return
-    with (
-        LocalCluster(
+    if gpus:
+        log.info("local dask cluster: one worker per GPU (%s)", ", ".join(gpus))
+        cluster = _gpu_cluster(gpus)
+    else:
+        cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.WARNING,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         yield client
+
+
+def worker_threads() -> int | None:
+    """The thread count of the dask worker running this code, or None outside a worker."""
+    try:
+        return get_worker().state.nthreads
+    except ValueError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from icmflow.coding.checkpoint import save_checkpoint
 from icmflow.coding.registry import create_model
 from icmflow.datasets.prepared import PreparedDataset
+from icmflow.devices import resolve_device
 from icmflow.evaluation.plots import plot_training_log
 from icmflow.files import replace
 from icmflow.masks.store import store_attrs
@@ -15,7 +16,7 @@ from icmflow.resume import WorkDir, file_digest, fingerprint
 from icmflow.training import MASK_OF_LOSS
 from icmflow.training.data import MaskedCrops
 from icmflow.training.losses import RateDistortionLoss
-from icmflow.training.trainer import read_log, resolve_device, train_codec
+from icmflow.training.trainer import read_log, train_codec
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
