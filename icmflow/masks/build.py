@@ -18,6 +18,7 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from icmflow.datasets.coco import annotations_by_image, geometry_problem
+from icmflow.datasets.images import read_rgb
 from icmflow.errors import InputError
 from icmflow.files import remove, replace
 from icmflow.masks.rle import object_mask
@@ -114,16 +115,44 @@ def build_store(
     return out
 
 
+def check_geometry(source: str, image: dict, instances: list[dict]) -> None:
+    """Raise an `InputError` for the first instance that does not fit its image."""
+    for ann in instances:
+        problem = geometry_problem(ann, image["width"], image["height"])
+        if problem:
+            raise InputError(
+                source, f"annotation id={ann.get('id')} of image id={image['id']}", problem
+            )
+
+
+def read_image(source: str, image: dict, path: Path | str) -> np.ndarray:
+    """The pixels of `image`, checked against the size its dataset `source` gives."""
+    rgb = read_rgb(path)
+    if rgb.shape[:2] != (image["height"], image["width"]):
+        raise InputError(
+            source,
+            f"image id={image['id']}",
+            f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, not {image['width']}x{image['height']}; "
+            "the image changed after `icmflow prepare`: prepare the dataset again",
+        )
+    return rgb
+
+
+def group_by_shard(dataset: dict, images_per_shard: int) -> list[list[tuple[dict, list[dict]]]]:
+    """Each shard's images with their annotations, in image order."""
+    grouped = annotations_by_image(dataset)
+    images = dataset["images"]
+    return [
+        [(image, grouped[image["id"]]) for image in images[s : s + images_per_shard]]
+        for s in range(0, len(images), images_per_shard)
+    ]
+
+
 def _object_masks(payload: tuple[str, list[tuple[dict, list[dict]]], bool]) -> list[np.ndarray]:
     source, images, include_crowd = payload
     masks = []
     for image, instances in images:
-        for ann in instances:
-            problem = geometry_problem(ann, image["width"], image["height"])
-            if problem:
-                raise InputError(
-                    source, f"annotation id={ann.get('id')} of image id={image['id']}", problem
-                )
+        check_geometry(source, image, instances)
         masks.append(
             object_mask(instances, image["height"], image["width"], include_crowd=include_crowd)
         )
@@ -142,14 +171,8 @@ def build_object_masks(
 ) -> Path:
     """Object masks (union of each image's instances) of a normalised COCO dict, stored at `out`."""
     images = dataset["images"]
-    grouped = annotations_by_image(dataset)
     payloads = [
-        (
-            source,
-            [(image, grouped[image["id"]]) for image in images[s : s + images_per_shard]],
-            include_crowd,
-        )
-        for s in range(0, len(images), images_per_shard)
+        (source, shard, include_crowd) for shard in group_by_shard(dataset, images_per_shard)
     ]
     digest = fingerprint("object", images, dataset["annotations"], include_crowd, images_per_shard)
     return build_store(

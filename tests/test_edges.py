@@ -1,0 +1,191 @@
+"""Edge masks: boundaries of hand-made masks, SAM's own masks, the edge store and its resumption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+
+from icmflow.datasets.images import read_rgb
+from icmflow.masks import edges as edges_module
+from icmflow.masks.edges import (
+    EdgeSettings,
+    automatic_masks,
+    build_edge_masks,
+    edge_mask,
+    mask_edges,
+)
+from icmflow.masks.sam import SamSpec, sam_session
+from icmflow.masks.store import MaskStore
+from icmflow.parallel import dask_client
+from tests.conftest import REPO
+from tests.sam_models import TINY, register_tiny_sam, tiny_sams_built
+from tests.test_masks import store_files
+
+TINY_SPEC = SamSpec(TINY, device="cpu")
+NO_FILTERS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def tiny_sam():
+    register_tiny_sam()
+
+
+def edges_of(mask: np.ndarray, width: int) -> np.ndarray:
+    return mask_edges(torch.from_numpy(mask)[None], width)[0].numpy()
+
+
+def test_square_boundary_is_width_pixels_inside_the_square():
+    mask = np.zeros((12, 14), dtype=bool)
+    mask[3:9, 4:10] = True  # 6×6
+    for width, inner in ((1, (slice(4, 8), slice(5, 9))), (2, (slice(5, 7), slice(6, 8)))):
+        expected = mask.copy()
+        expected[inner] = False  # the 4×4 (width 1) or 2×2 (width 2) interior stays
+        np.testing.assert_array_equal(edges_of(mask, width), expected)
+    np.testing.assert_array_equal(edges_of(mask, 3), mask)  # no pixel is 3 away from outside
+
+
+def test_image_border_is_no_boundary_and_diagonals_count():
+    left = np.zeros((10, 12), dtype=bool)
+    left[:, :7] = True
+    expected = np.zeros_like(left)
+    expected[:, 6] = True  # only the side that meets the rest of the image
+    np.testing.assert_array_equal(edges_of(left, 1), expected)
+    expected[:, 5] = True
+    np.testing.assert_array_equal(edges_of(left, 2), expected)
+
+    hole = np.ones((5, 6), dtype=bool)
+    hole[0, 0] = False
+    expected = np.zeros_like(hole)
+    expected[0, 1] = expected[1, 0] = expected[1, 1] = True  # its 8-neighbours in the mask
+    np.testing.assert_array_equal(edges_of(hole, 1), expected)
+
+    for flat in (np.zeros((4, 5), dtype=bool), np.ones((4, 5), dtype=bool)):
+        assert not edges_of(flat, 1).any()
+    with pytest.raises(ValueError, match="at least 1"):
+        edges_of(hole, 0)
+
+
+def test_masks_that_meet_get_both_sides_drawn():
+    top = np.zeros((8, 6), dtype=bool)
+    top[:4] = True
+    union = mask_edges(torch.from_numpy(np.stack([top, ~top])), 1).any(0).numpy()
+    expected = np.zeros_like(top)
+    expected[3:5] = True  # row 3 from the top mask, row 4 from the bottom one
+    np.testing.assert_array_equal(union, expected)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    from tests.conftest import real_sample
+
+    kodak = real_sample("kodak")
+    return read_rgb(sorted(kodak.glob("*.png"))[3])[:64, :96].copy()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {**NO_FILTERS, "box_nms_thresh": 1.0},
+        {"pred_iou_thresh": 0.07, "stability_score_thresh": 0.0, "box_nms_thresh": 0.99},
+        {**NO_FILTERS, "box_nms_thresh": 1.0, "min_region_area": 50},
+    ],
+    ids=["all-candidates", "iou-filter-and-nms", "small-region-cleanup"],
+)
+def test_same_masks_as_sams_automatic_mask_generator(photo, settings):
+    options = EdgeSettings(points_per_side=6, points_per_batch=40, **settings)
+    with sam_session(SamSpec(TINY, device="cpu", memory_mb=1)) as runner:  # one mask per chunk
+        ours = torch.cat(list(automatic_masks(runner, photo, options))).numpy()
+        reference = SamAutomaticMaskGenerator(
+            runner.model,
+            points_per_side=6,
+            pred_iou_thresh=options.pred_iou_thresh,
+            stability_score_thresh=options.stability_score_thresh,
+            box_nms_thresh=options.box_nms_thresh,
+            min_mask_region_area=options.min_region_area,
+        ).generate(photo)
+        edges = edge_mask(runner, photo, options)
+    theirs = np.stack([r["segmentation"] for r in reference])
+    assert len(theirs) > 0
+    assert sorted(m.tobytes() for m in ours) == sorted(m.tobytes() for m in theirs)
+    expected = mask_edges(torch.from_numpy(theirs), options.edge_width).any(0).numpy()
+    np.testing.assert_array_equal(edges, expected)
+
+
+def test_no_surviving_mask_gives_an_empty_edge_mask(photo):
+    strict = EdgeSettings(points_per_side=4, pred_iou_thresh=1.0)
+    with sam_session(TINY_SPEC) as runner:
+        assert not edge_mask(runner, photo, strict).any()
+
+
+def test_edge_store_built_on_dask_loads_sam_once_per_worker(sample_prepared, tmp_path):
+    val = sample_prepared["val"]
+    settings = EdgeSettings(points_per_side=4, **NO_FILTERS)
+    with dask_client(None, n_workers=2) as client:
+        client.run(register_tiny_sam)
+        out = build_edge_masks(
+            val,
+            tmp_path / "val.zarr",
+            work=tmp_path / "w",
+            spec=TINY_SPEC,
+            settings=settings,
+            images_per_shard=1,
+            client=client,
+        )
+        built = client.run(tiny_sams_built)
+    assert sorted(built.values()) == [1, 1]  # 5 shards, one model built in each worker process
+    store = MaskStore(out)
+    assert store.attrs["kind"] == "edge" and store.attrs["sam"]["model_type"] == TINY
+    assert store.attrs["edges"]["points_per_side"] == 4
+    with sam_session(TINY_SPEC) as runner:
+        for image in val.images:
+            expected = edge_mask(runner, read_rgb(val.image_path(image)), settings)
+            assert expected.shape == (image["height"], image["width"])
+            np.testing.assert_array_equal(store.mask(image["id"]), expected)
+
+
+def test_killed_edge_build_resumes_without_recomputing_finished_shards(
+    sample_prepared, tmp_path, monkeypatch
+):
+    train = sample_prepared["train"]
+    out, work = tmp_path / "train.zarr", tmp_path / "work"
+    n = len(train.images)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.sam_models", str(train.path), str(out), str(work), "1"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    done = work / "done"
+    while not (done.is_dir() and len(list(done.iterdir())) >= 2):
+        assert child.poll() is None, "the build ended before it could be killed"
+        assert time.monotonic() < deadline, "no shard finished in time"
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    finished = sorted(int(p.name) for p in done.iterdir())
+    assert 2 <= len(finished) < n and not out.exists()
+
+    computed = []
+
+    def counting(runner, image, settings):
+        computed.append(image.shape)
+        return edge_mask(runner, image, settings)
+
+    monkeypatch.setattr(edges_module, "edge_mask", counting)
+    settings = EdgeSettings(points_per_side=4, **NO_FILTERS)
+    common = {"spec": TINY_SPEC, "settings": settings, "images_per_shard": 1, "client": None}
+    build_edge_masks(train, out, work=work, **common)
+    assert len(computed) == n - len(finished)
+    computed.clear()
+    build_edge_masks(train, tmp_path / "ref.zarr", work=tmp_path / "w2", **common)
+    assert len(computed) == n
+    assert store_files(out) == store_files(tmp_path / "ref.zarr")
