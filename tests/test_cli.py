@@ -10,7 +10,7 @@ runner = CliRunner()
 def test_every_stage_has_help():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for stage in ("sample", "prepare", "masks", "train", "encode", "evaluate", "report"):
+    for stage in ("sample", "prepare", "masks", "edges", "train", "encode", "evaluate", "report"):
         assert stage in result.output
         sub = runner.invoke(app, [stage, "--help"])
         assert sub.exit_code == 0, sub.output

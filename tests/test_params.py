@@ -76,3 +76,49 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_params(path)
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "absent.yaml")
+
+
+def test_sam_is_off_by_default(defaults):
+    params = load_params(REPO / "params.yaml")
+    assert params.edges.datasets == [] and params.masks.source == "annotations"
+    assert params.sam.checkpoint is None
+
+
+def test_edge_codec_needs_edges_of_the_training_dataset(tmp_path, defaults):
+    defaults["codecs"].append("edge-0.01")
+    with pytest.raises(ParamsError, match=r"edges\.datasets does not list it: add it") as err:
+        load_params(write(tmp_path, defaults))
+    assert "edges: {datasets: [sample]}" in str(err.value)
+    defaults["edges"]["datasets"] = ["sample"]
+    defaults["sam"]["checkpoint"] = "models/sam/sam_vit_b_01ec64.pth"
+    assert parse_codec("edge-0.01").loss == "edge"
+    assert "edge-0.01" in load_params(write(tmp_path, defaults)).codecs
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "user"),
+    [
+        ("edges", {"datasets": ["sample"]}, "edges.datasets ['sample']"),
+        ("masks", {"source": "sam-boxes"}, "masks.source sam-boxes"),
+    ],
+)
+def test_sam_users_need_a_checkpoint(tmp_path, defaults, section, values, user):
+    defaults[section].update(values)
+    defaults["sam"]["model_type"] = "vit_l"
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, defaults))
+    message = str(err.value)
+    assert f"{user} need Segment Anything, but sam.checkpoint is not set" in message
+    assert "sam_vit_l_0b3195.pth" in message and "segment-anything#model-checkpoints" in message
+
+
+def test_edges_of_unknown_datasets_and_bad_sam_settings(tmp_path, defaults):
+    defaults["edges"]["datasets"] = ["coco"]
+    defaults["sam"].update(checkpoint="sam.pth", model_type="vit_x", precision="half")
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, defaults))
+    message = str(err.value)
+    assert "sam.model_type" in message and "sam.precision" in message
+    defaults["sam"].update(model_type="vit_b", precision="bfloat16")
+    with pytest.raises(ParamsError, match=r"edges\.datasets lists \['coco'\], not under datasets"):
+        load_params(write(tmp_path, defaults))

@@ -101,3 +101,22 @@ def test_changing_one_lambda_reruns_only_its_chain_and_the_report(project):
     assert ran_stages(run(["dvc", "repro"], project)) == expected
     table = (project / "results" / "report" / "rd.csv").read_text()
     assert "object-0.15" in table and "object-0.1," not in table
+
+
+def test_edges_stages_exist_only_for_the_datasets_listed(tmp_path):
+    for name in project_files():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    run(["git", "init", "-q"], tmp_path)
+    listed = run(["dvc", "stage", "list", "--names-only"], tmp_path).split()
+    assert not [s for s in listed if s.startswith("edges@")] and "masks@sample" in listed
+    params_path = tmp_path / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["edges"]["datasets"] = ["sample"]
+    params["sam"]["checkpoint"] = "models/sam/sam_vit_b_01ec64.pth"
+    params["codecs"].append("edge-0.01")
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    listed = run(["dvc", "stage", "list", "--names-only"], tmp_path).split()
+    assert {"edges@sample", "train@edge-0.01", "evaluate@edge-0.01"} <= set(listed)
+    upstream = run(["dvc", "dag", "--outs", "train@edge-0.01"], tmp_path)
+    assert "data/masks/sample/edge" in upstream

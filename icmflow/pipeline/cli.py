@@ -13,8 +13,8 @@ from icmflow.pipeline.params import Params, ParamsError, load_params
 from icmflow.pipeline.paths import Paths
 
 app = typer.Typer(
-    help="Image coding for machines: sample -> prepare -> masks -> train -> encode -> "
-    "evaluate -> report. Every command reads params.yaml; `dvc repro` runs them all.",
+    help="Image coding for machines: sample -> prepare -> masks (and edges) -> train -> "
+    "encode -> evaluate -> report. Every command reads params.yaml; `dvc repro` runs them all.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -64,6 +64,12 @@ def prepare(dataset: Dataset) -> None:
 def masks(dataset: Dataset) -> None:
     """Build object masks (zarr v3, sharded) for every split, on a dask cluster."""
     _run("masks", dataset)
+
+
+@app.command()
+def edges(dataset: Dataset) -> None:
+    """Build SAM edge masks (SA-ICM) for every split, one SAM model per dask worker."""
+    _run("edges", dataset)
 
 
 Codec = Annotated[

@@ -78,10 +78,37 @@ class PrepareParams(Section):
 
 class MasksParams(Section):
     crowd: Literal["include", "exclude"] = "include"
+    source: Literal["annotations", "sam-boxes"] = Field(
+        "annotations", description="sam-boxes: SAM's mask for every box (needs sam.checkpoint)"
+    )
+    boxes_per_batch: int = Field(64, gt=0, description="box prompts SAM decodes at once")
     images_per_shard: int = Field(64, gt=0)
     scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
     n_workers: int = Field(2, gt=0)
     threads_per_worker: int = Field(1, gt=0)
+
+
+class SamParams(Section):
+    """The Segment Anything model of `edges` and of `masks.source: sam-boxes`."""
+
+    model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    checkpoint: str | None = Field(None, description="path of the downloaded SAM checkpoint")
+    device: str = Field("auto", description="auto: every GPU (one dask worker each), else CPU")
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    memory_mb: int = Field(512, ge=16, description="full-resolution mask work at once")
+
+
+class EdgesParams(Section):
+    """SAM edge masks (SA-ICM) for the datasets listed; SAM's automatic mask generator settings."""
+
+    datasets: list[str] = Field(default_factory=list)
+    points_per_side: int = Field(32, gt=0)
+    points_per_batch: int = Field(64, gt=0)
+    pred_iou_thresh: float = Field(0.88, ge=0, le=1)
+    stability_score_thresh: float = Field(0.95, ge=0, le=1)
+    box_nms_thresh: float = Field(0.7, ge=0, le=1)
+    min_region_area: int = Field(0, ge=0)
+    edge_width: int = Field(1, gt=0)
 
 
 class TrainParams(Section):
@@ -122,6 +149,8 @@ class Params(Section):
     datasets: dict[str, DatasetParams]
     prepare: PrepareParams = PrepareParams()
     masks: MasksParams = MasksParams()
+    sam: SamParams = SamParams()
+    edges: EdgesParams = EdgesParams()
     train: TrainParams = TrainParams()
     codecs: list[str]
     encode: EncodeParams = EncodeParams()
@@ -156,7 +185,36 @@ class Params(Section):
         losses = {parse_codec(n).loss for n in self.codecs}
         if losses and self.report.anchor not in losses:
             raise ValueError(f"report.anchor {self.report.anchor!r} has no codec in codecs")
+        self._check_sam_users(losses)
         return self
+
+    def _check_sam_users(self, losses: set[str]) -> None:
+        unknown = [d for d in self.edges.datasets if d not in self.datasets]
+        if unknown:
+            raise ValueError(
+                f"edges.datasets lists {unknown}, not under datasets "
+                f"(defined: {', '.join(self.datasets)})"
+            )
+        if len(set(self.edges.datasets)) != len(self.edges.datasets):
+            raise ValueError("edges.datasets lists a dataset twice")
+        if "edge" in losses and self.train.dataset not in self.edges.datasets:
+            raise ValueError(
+                f"edge codecs train on the edge masks of train.dataset {self.train.dataset!r}, "
+                f"but edges.datasets does not list it: add it (edges: {{datasets: "
+                f"[{self.train.dataset}]}}) and set sam.checkpoint"
+            )
+        users = [f"edges.datasets {self.edges.datasets}"] if self.edges.datasets else []
+        if self.masks.source == "sam-boxes":
+            users.append("masks.source sam-boxes")
+        if users and self.sam.checkpoint is None:
+            from icmflow.masks.sam import CHECKPOINTS_URL, OFFICIAL_CHECKPOINTS  # imports torch
+
+            raise ValueError(
+                f"{' and '.join(users)} need Segment Anything, but sam.checkpoint is not set: "
+                f"download {OFFICIAL_CHECKPOINTS[self.sam.model_type]} (model type "
+                f"{self.sam.model_type}) from {CHECKPOINTS_URL} and set sam.checkpoint to "
+                "its path, e.g. models/sam/" + OFFICIAL_CHECKPOINTS[self.sam.model_type]
+            )
 
     def codec(self, name: str) -> Codec:
         if name not in self.codecs:

@@ -1,20 +1,48 @@
-"""Stage `masks@<dataset>`: object masks of every split, built on a dask cluster."""
+"""Stage `masks@<dataset>`: object masks of every split, built on a dask cluster.
+
+With `masks.source: sam-boxes` the masks come from Segment Anything's prediction for every box.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
 
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.files import remove, replace
 from icmflow.masks.build import build_object_masks
+from icmflow.masks.sam_boxes import build_sam_box_masks
 from icmflow.parallel import dask_client
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
+from icmflow.pipeline.sam import sam_gpus, sam_spec
+
+SplitBuilder = Callable[[PreparedDataset, Path, Path, Client], Any]
+"""Builds one split's store: (prepared split, store path, work directory, dask client)."""
 
 
-def run(params: Params, paths: Paths, dataset: str) -> None:
+def build_split_stores(
+    params: Params,
+    paths: Paths,
+    *,
+    stage: str,
+    dataset: str,
+    kind: str,
+    build: SplitBuilder,
+    recorded: dict[str, Any],
+    gpus: Sequence[str] = (),
+) -> None:
+    """Build the `kind` store of every split on one dask cluster; all appear together at the end.
+
+    Finished split stores wait in the work directory, so an interrupted run resumes there.
+    """
     options = params.masks
-    work = paths.work("masks", dataset)
-    staging = work / "out"  # finished split stores wait here until every split is done
+    work = paths.work(stage, dataset)
+    staging = work / "out"
     splits = params.dataset(dataset).splits
     staging.mkdir(parents=True, exist_ok=True)
     for stale in set(staging.iterdir()) - {staging / f"{split}.zarr" for split in splits}:
@@ -23,18 +51,56 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
         options.scheduler,
         n_workers=options.n_workers,
         threads_per_worker=options.threads_per_worker,
+        gpus=gpus,
     ) as client:
         for split in splits:
             prepared = PreparedDataset.load(paths.prepared_split(dataset, split))
-            build_object_masks(
-                prepared.data,
-                staging / f"{split}.zarr",
-                work=work / f"build-{split}",
-                source=str(prepared.path),
-                include_crowd=options.crowd == "include",
+            build(prepared, staging / f"{split}.zarr", work / f"build-{split}", client)
+    write_provenance(staging, f"{stage}@{dataset}", recorded)
+    replace(staging, paths.masks(kind, dataset))
+    remove(work)
+
+
+def run(params: Params, paths: Paths, dataset: str) -> None:
+    options = params.masks
+    include_crowd = options.crowd == "include"
+    recorded: dict[str, Any] = {"masks": options.model_dump()}
+    gpus: list[str] = []
+    if options.source == "sam-boxes":
+        spec = sam_spec(params)
+        gpus, recorded["sam"] = sam_gpus(spec), params.sam.model_dump()
+
+        def build(prepared: PreparedDataset, out: Path, work: Path, client: Client) -> None:
+            build_sam_box_masks(
+                prepared,
+                out,
+                work=work,
+                spec=spec,
+                include_crowd=include_crowd,
+                boxes_per_batch=options.boxes_per_batch,
                 images_per_shard=options.images_per_shard,
                 client=client,
             )
-    write_provenance(staging, f"masks@{dataset}", {"masks": options.model_dump()})
-    replace(staging, paths.masks("object", dataset))
-    remove(work)
+    else:
+
+        def build(prepared: PreparedDataset, out: Path, work: Path, client: Client) -> None:
+            build_object_masks(
+                prepared.data,
+                out,
+                work=work,
+                source=str(prepared.path),
+                include_crowd=include_crowd,
+                images_per_shard=options.images_per_shard,
+                client=client,
+            )
+
+    build_split_stores(
+        params,
+        paths,
+        stage="masks",
+        dataset=dataset,
+        kind="object",
+        build=build,
+        recorded=recorded,
+        gpus=gpus,
+    )

@@ -10,6 +10,7 @@ from icmflow.files import atomic_directory, write_json, write_text
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
+from icmflow.training import MASK_OF_LOSS
 
 
 def _load_metrics(paths: Paths, name: str) -> dict:
@@ -33,7 +34,7 @@ def run(params: Params, paths: Paths) -> None:
     bd = bd_rates(rows, options.anchor, options.bd_method)
     with atomic_directory(paths.report) as out:
         write_csv(out / "rd.csv", rows)
-        for loss in sorted({r["loss"] for r in rows}):
+        for loss in MASK_OF_LOSS:  # every loss, so that dvc.yaml's plots find each file
             write_csv(out / f"rd_{loss}.csv", [r for r in rows if r["loss"] == loss])
         write_json(out / "bd_rate.json", bd)
         bd_rows = [{**b, "bd_rate_percent": _nan(b["bd_rate_percent"])} for b in bd]

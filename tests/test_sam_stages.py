@@ -1,0 +1,120 @@
+"""The SAM stages through the CLI with a randomly initialised vit_b (the real architecture).
+
+vit_b's encoder always works at 1024×1024 (about 25 s per image on 2 CPU cores), so the project
+here has one image: `icmflow edges` and `icmflow masks` with `masks.source: sam-boxes` each run
+the encoder once, and an `edge` codec trains on the edge store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from icmflow.masks.sam import SamSpec, build_model
+from icmflow.masks.store import MaskStore, store_attrs
+from icmflow.pipeline.cli import app
+from icmflow.pipeline.paths import Paths
+from tests.conftest import REPO
+from tests.test_sam import box_union
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def vit_b_checkpoint(tmp_path_factory) -> str:
+    """A vit_b state dict with random weights, saved like the official checkpoints."""
+    path = tmp_path_factory.mktemp("sam") / "random_vit_b.pth"
+    torch.save(build_model(SamSpec("vit_b"), torch.device("cpu")).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, sample_root, vit_b_checkpoint):
+    """Params with a one-image dataset `one` whose edges and SAM box masks are enabled."""
+    coco = json.loads((sample_root / "annotations" / "instances_val.json").read_text())
+    image = next(im for im in coco["images"] if im["id"] == coco["annotations"][0]["image_id"])
+    coco["images"] = [image]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "instances.json").write_text(json.dumps(coco))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"]["one"] = {
+        "format": "coco",
+        "root": str(tmp_path / "one"),
+        "splits": {"val": {"annotations": "instances.json", "images": str(sample_root / "val")}},
+    }
+    params["masks"].update(n_workers=1, threads_per_worker=2, images_per_shard=1)
+    params["sam"].update(checkpoint=vit_b_checkpoint)
+    params["edges"].update(
+        datasets=["one"], points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
+    params["train"].update(
+        dataset="one",
+        split="val",
+        steps=2,
+        batch_size=1,
+        patch_size=64,
+        model_args={"N": 8, "M": 8},
+    )
+    params["codecs"] = ["mse-0.01", "edge-0.01"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["prepare", "one"]).exit_code == 0
+    return tmp_path, image, coco["annotations"]
+
+
+def invoke(*args: str) -> None:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+
+
+def test_edges_stage_then_edge_codec_training(project):
+    root, image, _ = project
+    invoke("edges", "one")
+    store = MaskStore(Paths().mask_store("edge", "one", "val"))
+    assert store.attrs["kind"] == "edge" and store.attrs["sam"]["model_type"] == "vit_b"
+    assert store.attrs["sam"]["checkpoint"] == "random_vit_b.pth"
+    assert store.image_ids == [image["id"]]
+    edges = store.mask(image["id"])
+    assert edges.shape == (image["height"], image["width"]) and edges.dtype == bool
+    provenance = json.loads((Paths().masks("edge", "one") / "provenance.json").read_text())
+    assert provenance["stage"] == "edges@one" and provenance["params"]["edges"]["edge_width"] == 1
+    assert not (root / "data" / ".work" / "edges" / "one").exists()
+
+    invoke("train", "edge-0.01")
+    assert Paths().checkpoint("edge-0.01").is_file()
+    assert json.loads((Paths().model("edge-0.01") / "provenance.json").read_text())
+
+
+def set_params(**sections: dict) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_masks_stage_from_sam_boxes(project):
+    _, image, _ = project
+    set_params(masks={"source": "sam-boxes"})
+    invoke("masks", "one")
+    path = Paths().mask_store("object", "one", "val")
+    assert store_attrs(path)["from"] == "sam-boxes"
+    mask = MaskStore(path).mask(image["id"])
+    assert mask.shape == (image["height"], image["width"])
+    coco = COCO(str(Paths().prepared_split("one", "val")))
+    assert not (mask & ~box_union(coco, image["id"], include_crowd=True)).any()
+
+
+def test_missing_checkpoint_names_the_param(project):
+    set_params(sam={"checkpoint": "models/sam/sam_vit_b_01ec64.pth"})
+    result = runner.invoke(app, ["edges", "one"])
+    assert result.exit_code == 1
+    assert "params.yaml sam.checkpoint" in result.output and "no such file" in result.output
+    assert "sam_vit_h_4b8939.pth" in result.output
+    assert not Paths().masks("edge", "one").exists()
