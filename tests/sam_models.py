@@ -27,7 +27,7 @@ BUILT: list[str] = []
 
 
 def build_tiny_sam(checkpoint: str | None = None) -> Sam:
-    """A SAM with a one-block 32-wide encoder and decoder; random weights only."""
+    """A SAM with a one-block encoder and a two-block decoder, 32 wide; random weights only."""
     if checkpoint is not None:
         raise ValueError("the tiny SAM has no checkpoint")
     BUILT.append(TINY)
@@ -56,7 +56,7 @@ def build_tiny_sam(checkpoint: str | None = None) -> Sam:
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
             transformer_dim=dim,
             iou_head_depth=2,
             iou_head_hidden_dim=32,

@@ -20,6 +20,7 @@ from icmflow.masks.sam import (
     sam_session,
 )
 from icmflow.masks.sam_boxes import build_sam_box_masks, clip_to_boxes
+from icmflow.masks.sam_decoder import decode_prompts
 from icmflow.masks.store import MaskStore
 from tests.sam_models import TINY, register_tiny_sam
 
@@ -86,6 +87,27 @@ def test_random_weights_are_reproducible_and_float16_needs_cuda():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
         SamRunner(first, SamSpec(TINY, device="cpu", precision="float16"))
+
+
+@pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
+@pytest.mark.parametrize("prompt", ["points", "boxes"])
+def test_decoder_without_image_copies_equals_sams_decoder(prompt, multimask):
+    model = build_model(TINY_SPEC, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1)
+    embedding = torch.randn(1, 32, 16, 16, generator=generator)
+    corners = torch.rand(6, 2, 2, generator=generator).sort(dim=1).values * 256
+    points = (corners[:, :1], torch.ones(6, 1, dtype=torch.int)) if prompt == "points" else None
+    boxes = corners.reshape(6, 4) if prompt == "boxes" else None
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        image_pe = model.prompt_encoder.get_dense_pe()
+        expected = model.mask_decoder(embedding, image_pe, sparse, dense, multimask)
+        actual = decode_prompts(
+            model.mask_decoder, embedding, image_pe, sparse, dense, multimask=multimask
+        )
+    assert actual[0].shape == expected[0].shape == (6, 3 if multimask else 1, 64, 64)
+    for ours, sams in zip(actual, expected, strict=True):
+        torch.testing.assert_close(ours, sams, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

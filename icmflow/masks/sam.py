@@ -29,6 +29,7 @@ from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
 
 from icmflow.devices import resolve_device
+from icmflow.masks.sam_decoder import decode_prompts
 from icmflow.parallel import worker_threads
 from icmflow.resume import file_digest
 
@@ -206,7 +207,8 @@ class SamRunner:
         boxes: torch.Tensor | None = None,
         multimask: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-resolution mask logits (B×C×256×256) and predicted IoUs (B×C), float32.
+        """Low-resolution mask logits (B×C×256×256) and predicted IoUs (B×C), float32, from
+        SAM's mask decoder computed without per-prompt copies of the image (`sam_decoder`).
 
         `points` (B×2, one foreground point per prompt) or `boxes` (B×4, x0 y0 x1 y1) are in
         the model's input frame (`predictor.transform`).
@@ -217,12 +219,13 @@ class SamRunner:
             point_prompts = (points[:, None, :], labels)
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=point_prompts, boxes=boxes, masks=None)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=predictor.features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
+            low_res, iou = decode_prompts(
+                self.model.mask_decoder,
+                predictor.features,
+                self.model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+                multimask=multimask,
             )
         return low_res.float(), iou.float()
 
