@@ -118,3 +118,21 @@ def test_missing_checkpoint_names_the_param(project):
     assert "params.yaml sam.checkpoint" in result.output and "no such file" in result.output
     assert "sam_vit_h_4b8939.pth" in result.output
     assert not Paths().masks("edge", "one").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"precision": "float16", "device": "cpu"}, "sam.precision float16 needs a CUDA device"),
+        pytest.param(
+            {"device": "cuda"},
+            "sam.device is cuda but no CUDA device is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
+    ],
+)
+def test_impossible_device_settings_are_named(project, values, message):
+    set_params(sam=values, masks={"source": "sam-boxes"})
+    for stage in ("edges", "masks"):
+        result = runner.invoke(app, [stage, "one"])
+        assert result.exit_code == 1 and message in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from icmflow.devices import resolve_device, visible_gpus
 from icmflow.masks.sam import CheckpointError, SamSpec, check_checkpoint
 from icmflow.pipeline.params import Params, ParamsError
@@ -12,6 +14,11 @@ def sam_spec(params: Params) -> SamSpec:
     options = params.sam
     if options.checkpoint is None:
         raise ParamsError("sam.checkpoint is not set in params.yaml")  # params validation says how
+    device = resolve_device(options.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParamsError(f"sam.device is {options.device} but no CUDA device is visible here")
+    if options.precision == "float16" and device.type != "cuda":
+        raise ParamsError("sam.precision float16 needs a CUDA device; on CPUs use bfloat16")
     try:
         check_checkpoint(options.checkpoint, options.model_type)
     except CheckpointError as err:
