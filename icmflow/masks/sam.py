@@ -44,6 +44,12 @@ FULL_RES_BYTES_PER_PIXEL = 16
 """Bytes per image pixel and mask of full-resolution work: float32 logits, the boolean masks
 and stability-score temporaries, and the float32 pooling input of the edge extraction."""
 
+CPU_STEP = 4
+"""On CPUs, prompts go through the mask decoder, and masks through the full-resolution steps,
+this many at a time: each step's large tensors then stay in cache and reuse freed memory instead
+of faulting in fresh pages, about twice as fast as 64 at a time (measured); GPUs take whole
+batches."""
+
 _PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
 
 
@@ -185,10 +191,12 @@ class SamRunner:
         return torch.autocast(self.device.type, dtype=getattr(torch, self.spec.precision))
 
     def chunk(self, height: int, width: int) -> int:
-        """How many masks fit in one full-resolution step of `memory_mb`."""
+        """How many masks fit in one full-resolution step of `memory_mb` (on CPUs, at most
+        `CPU_STEP`)."""
         side = self.model.image_encoder.img_size
         per_mask = 4 * side * side + FULL_RES_BYTES_PER_PIXEL * height * width
-        return max(1, self.spec.memory_mb * 2**20 // per_mask)
+        fit = max(1, self.spec.memory_mb * 2**20 // per_mask)
+        return fit if self.device.type == "cuda" else min(fit, CPU_STEP)
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> SamPredictor:
@@ -219,15 +227,22 @@ class SamRunner:
             point_prompts = (points[:, None, :], labels)
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=point_prompts, boxes=boxes, masks=None)
-            low_res, iou = decode_prompts(
-                self.model.mask_decoder,
-                predictor.features,
-                self.model.prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
-                multimask=multimask,
-            )
-        return low_res.float(), iou.float()
+            step = len(sparse) if self.device.type == "cuda" else CPU_STEP
+            decoded = [
+                decode_prompts(
+                    self.model.mask_decoder,
+                    predictor.features,
+                    self.model.prompt_encoder.get_dense_pe(),
+                    sparse[start : start + step],
+                    dense[start : start + step],
+                    multimask=multimask,
+                )
+                for start in range(0, len(sparse), step)
+            ]
+        return (
+            torch.cat([low_res for low_res, _ in decoded]).float(),
+            torch.cat([iou for _, iou in decoded]).float(),
+        )
 
     @torch.no_grad()
     def upscale(self, predictor: SamPredictor, low_res: torch.Tensor) -> torch.Tensor:
