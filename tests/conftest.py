@@ -9,7 +9,7 @@ import pytest
 
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
-from icmflow.datasets.sample import write_sample_coco
+from icmflow.datasets.sample import write_sample
 from icmflow.errors import ProblemLog
 from icmflow.masks.build import build_object_masks
 
@@ -33,10 +33,16 @@ def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> Prep
 
 
 @pytest.fixture(scope="session")
-def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sample") / "coco"
-    write_sample_coco(root, train_images=10, val_images=5, seed=0)
+def sample_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample in every layout: coco/, visdrone/, cityscapes/, yolo/."""
+    root = tmp_path_factory.mktemp("sample")
+    write_sample(root, train_images=10, val_images=5, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_root(sample_layouts: Path) -> Path:
+    return sample_layouts / "coco"
 
 
 @pytest.fixture(scope="session")
