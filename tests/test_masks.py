@@ -4,12 +4,14 @@ import math
 import numpy as np
 import pytest
 import zarr
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from zarr.storage import LocalStore, LoggingStore
 
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.errors import InputError
 from icmflow.masks.build import build_object_masks, build_store
+from icmflow.masks.rle import annotation_rle
 from icmflow.masks.store import IncompleteStoreError, MaskStore
 from icmflow.parallel import dask_client
 from tests.conftest import prepare_split, real_sample
@@ -94,6 +96,11 @@ def test_real_coco_voc3_masks_equal_pycocotools(tmp_path):
         client=None,
     )
     assert_identical_to_pycocotools(dataset, MaskStore(out))
+    coco = COCO(str(dataset.path))
+    for ann in coco.loadAnns(coco.getAnnIds()):  # each of the 12 instances on its own, too
+        info = coco.imgs[ann["image_id"]]
+        ours = mask_utils.decode(annotation_rle(ann, info["height"], info["width"]))
+        np.testing.assert_array_equal(ours, coco.annToMask(ann))
 
 
 def test_polygon_outside_image_leaves_no_store(sample_prepared, tmp_path):
