@@ -23,6 +23,8 @@ def remove(path: Path) -> None:
 def replace(src: Path, dst: Path) -> None:
     """Move `src` to `dst`, replacing whatever `dst` was; the last step is one rename."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(f".{dst.name}.old-*"):  # from a replace killed halfway
+        remove(stale)
     if dst.exists():
         trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, trash)
