@@ -6,12 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from icmflow.coding.registry import create_model
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.datasets.sample import write_sample
 from icmflow.errors import ProblemLog
 from icmflow.masks.build import build_object_masks
+from icmflow.masks.store import MaskStore
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("ICMFLOW_SAMPLES", REPO.parent / "shared" / "samples"))
@@ -23,6 +26,22 @@ def real_sample(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real sample {name} not found under {SAMPLES}")
     return path
+
+
+def build_masks(
+    data: dict, folder: Path, name: str = "masks", include_crowd: bool = True
+) -> MaskStore:
+    """Object masks of a normalised dataset, built in this process, at `folder/<name>.zarr`."""
+    path = build_object_masks(
+        data,
+        folder / f"{name}.zarr",
+        work=folder / f"work-{name}",
+        source=name,
+        include_crowd=include_crowd,
+        images_per_shard=2,
+        client=None,
+    )
+    return MaskStore(path)
 
 
 def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:
@@ -71,3 +90,12 @@ def sample_masks(sample_prepared: dict, tmp_path_factory: pytest.TempPathFactory
             client=None,
         )
     return stores
+
+
+@pytest.fixture(scope="module")
+def codec():
+    """An untrained codec, ready to code (its CDF tables built)."""
+    torch.manual_seed(0)
+    model = create_model("bmshj2018-hyperprior", N=16, M=16).eval()
+    model.update(force=True)
+    return model

@@ -12,13 +12,11 @@ from PIL import Image
 
 from icmflow.coding.codec import compress_image, decompress_image
 from icmflow.coding.coded_dataset import encode_dataset
-from icmflow.coding.registry import create_model
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.errors import InputError
-from icmflow.masks.build import build_object_masks
-from icmflow.masks.store import MaskStore
 from icmflow.training.data import MaskedCrops
+from tests.conftest import build_masks
 from tests.tiny import FORMATS, SIZES, Tiny, write_tiny
 
 
@@ -50,20 +48,6 @@ def assert_refused(tiny: Tiny, file, entry: str, text: str, lost: set[int]) -> N
     kept_ids = {im["id"] for im in prepared["images"]}
     assert all(a["image_id"] in kept_ids for a in prepared["annotations"])
     assert len(prepared["annotations"]) == 2 * len(kept)  # the kept images lose nothing
-
-
-def build_masks(prepared: dict, tmp_path) -> MaskStore:
-    return MaskStore(
-        build_object_masks(
-            prepared,
-            tmp_path / "masks.zarr",
-            work=tmp_path / "work",
-            source="tiny",
-            include_crowd=True,
-            images_per_shard=2,
-            client=None,
-        )
-    )
 
 
 def box_union(tiny: Tiny, index: int) -> np.ndarray:
@@ -117,7 +101,8 @@ def test_image_listed_but_missing(tiny):
 @layouts("visdrone", "cityscapes")
 def test_image_without_its_annotation_file(tiny):
     tiny.label(2).unlink()
-    assert_refused(tiny, tiny.image(2), "", f"{tiny.label(2)} is missing", {2})
+    missing = "are missing" if tiny.format == "cityscapes" else "is missing"
+    assert_refused(tiny, tiny.image(2), "", f"{tiny.label(2)} {missing}", {2})
 
 
 def test_truncated_or_invalid_json(tmp_path):
@@ -241,14 +226,6 @@ def expected_rgb8(path, mode: str) -> np.ndarray:
     return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array[..., :3].copy()
 
 
-@pytest.fixture(scope="module")
-def codec():
-    torch.manual_seed(0)
-    model = create_model("bmshj2018-hyperprior", N=8, M=8).eval()
-    model.update(force=True)
-    return model
-
-
 @pytest.mark.parametrize("mode", [*MODES, "RGB 16-bit"])
 def test_pixel_formats_become_the_same_rgb8_for_masks_training_and_encoding(mode, tmp_path, codec):
     tiny = write_tiny("coco", tmp_path / "coco")
@@ -298,7 +275,7 @@ def test_exif_rotated_jpeg_is_read_as_stored(tmp_path):
         tiny.prepare()
     assert err.value.entry == "images[0] (id=1, file_name='im1.jpg')"
     assert "is 48x32 but the JSON says 32x48; its EXIF orientation tag is 6" in err.value.reason
-    assert "annotate the stored pixels" in err.value.reason
+    assert "annotations must refer to the stored pixels" in err.value.reason
 
 
 @layouts("visdrone", "yolo")
@@ -388,4 +365,4 @@ def test_cityscapes_label_files_that_disagree(tmp_path):
     values = np.asarray(Image.open(labels)).copy()
     values[5, 5] = 24  # a car pixel (26) in instanceIds
     Image.fromarray(values).save(labels)
-    assert_refused(tiny, tiny.label(0), "", f"1 pixels disagree with {labels}", {0})
+    assert_refused(tiny, tiny.label(0), "", f"1 pixel(s) disagree with {labels}", {0})

@@ -19,11 +19,10 @@ from icmflow.datasets.readers import read_split
 from icmflow.datasets.sample import LAYOUT_CLASSES
 from icmflow.datasets.yolo import read_names
 from icmflow.errors import InputError, ProblemLog
-from icmflow.masks.build import build_object_masks
 from icmflow.masks.store import MaskStore
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
-from tests.conftest import REPO, real_sample
+from tests.conftest import REPO, build_masks, real_sample
 
 SPLIT_PATHS = {
     "visdrone": ("{split}/annotations", "{split}/images"),
@@ -40,20 +39,6 @@ def read_layout(root, layout: str, split: str, **options) -> dict:
     prepared = normalise(raw, images, ProblemLog("raise"), workers=1)
     prepared["icmflow"]["counts"] = raw.counts
     return prepared
-
-
-def masks_of(dataset: dict, tmp_path, name: str, include_crowd: bool = True) -> MaskStore:
-    return MaskStore(
-        build_object_masks(
-            dataset,
-            tmp_path / f"{name}.zarr",
-            work=tmp_path / f"work-{name}",
-            source=name,
-            include_crowd=include_crowd,
-            images_per_shard=3,
-            client=None,
-        )
-    )
 
 
 def box(mask_shape, bbox) -> np.ndarray:
@@ -87,7 +72,7 @@ def test_sample_layouts_hold_the_coco_sample_objects(
     coco = COCO(str(reference.path))
     dataset = read_layout(sample_layouts / layout, layout, split)
     assert len(dataset["images"]) == len(reference.images)
-    store = masks_of(dataset, tmp_path, layout)
+    store = build_masks(dataset, tmp_path, layout)
     for ours, theirs in zip(dataset["images"], reference.images, strict=True):
         assert (ours["width"], ours["height"]) == (theirs["width"], theirs["height"])
         np.testing.assert_array_equal(
@@ -122,9 +107,9 @@ def test_ignored_regions_param(sample_layouts, sample_prepared, layout, tmp_path
     assert dropped["icmflow"]["counts"] == {"ignored_regions_dropped": 1}
     assert not any(a["iscrowd"] for a in dropped["annotations"])
     assert len(dropped["annotations"]) == len(kept["annotations"]) - 1
-    included = masks_of(kept, tmp_path, "included").mask(image_id)
-    excluded = masks_of(kept, tmp_path, "excluded", include_crowd=False).mask(image_id)
-    without = masks_of(dropped, tmp_path, "dropped").mask(image_id)
+    included = build_masks(kept, tmp_path, "included").mask(image_id)
+    excluded = build_masks(kept, tmp_path, "excluded", include_crowd=False).mask(image_id)
+    without = build_masks(dropped, tmp_path, "dropped").mask(image_id)
     np.testing.assert_array_equal(excluded, without)
     region = COCO(str(reference.path)).annToMask(crowd).astype(bool)
     if layout == "visdrone":
@@ -171,7 +156,7 @@ def test_real_cityscapes_frankfurt1(tmp_path):
         assert len(values) == 1 and values[0] // 1000 == ann["category_id"]  # one whole instance
         assert pixels.sum() == instances[int(values[0])] == ann["area"]
         assert ann["iscrowd"] == 0
-    store = masks_of(dataset, tmp_path, "frankfurt")
+    store = build_masks(dataset, tmp_path, "frankfurt")
     np.testing.assert_array_equal(store.mask(1), ids >= 1000)
 
 
@@ -185,7 +170,7 @@ def test_real_coco8_yolo(split, tmp_path):
     names = tmp_path / "coco8.yaml"
     names.write_text(yaml.safe_dump({"nc": 80, "names": COCO8_NAMES}))
     dataset = read_layout(root, "yolo", split, dataset_yaml=names)
-    store = masks_of(dataset, tmp_path, "coco8")
+    store = build_masks(dataset, tmp_path, "coco8")
     rows = 0
     for image in dataset["images"]:
         width, height = Image.open(root / "images" / split / image["file_name"]).size

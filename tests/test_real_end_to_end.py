@@ -5,23 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from icmflow.coding.codec import decompress_image
 from icmflow.coding.coded_dataset import encode_dataset, read_bytes_per_image
-from icmflow.coding.registry import create_model
 from icmflow.datasets.coco import normalise
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.datasets.readers import read_split
 from icmflow.errors import ProblemLog
 from icmflow.evaluation.evaluate import evaluate_coded
-from icmflow.masks.build import build_object_masks
-from icmflow.masks.store import MaskStore
-from icmflow.training.data import MaskedCrops
-from icmflow.training.losses import RateDistortionLoss
-from icmflow.training.trainer import train_codec
-from tests.conftest import real_sample
+from tests.conftest import build_masks, real_sample
+from tests.test_training import tiny_training
 
 
 def test_train_and_encode_a_real_sample(tmp_path):
@@ -36,31 +30,8 @@ def test_train_and_encode_a_real_sample(tmp_path):
         final_dir=tmp_path,
     )
     dataset = PreparedDataset.load(tmp_path / "val.json")
-    masks = build_object_masks(
-        dataset.data,
-        tmp_path / "val.zarr",
-        work=tmp_path / "work",
-        source=str(dataset.path),
-        include_crowd=True,
-        images_per_shard=1,
-        client=None,
-    )
-    torch.manual_seed(0)
-    model, _, _, last = train_codec(
-        create_model("bmshj2018-hyperprior", N=8, M=8),
-        MaskedCrops(dataset, masks, patch_size=64),
-        RateDistortionLoss(0.05, masked=True),
-        steps=3,
-        batch_size=2,
-        lr=1e-3,
-        aux_lr=1e-3,
-        clip_max_norm=1.0,
-        lr_milestones=[],
-        seed=0,
-        num_workers=0,
-        device=torch.device("cpu"),
-        log_path=tmp_path / "log.csv",
-    )
+    store = build_masks(dataset.data, tmp_path)
+    model, _, _, last = tiny_training(dataset, store.path, tmp_path, steps=3)  # object loss
     assert math.isfinite(last["loss"])
     model.eval().update(force=True)
     summary = encode_dataset(model, dataset, tmp_path / "coded")
@@ -73,7 +44,7 @@ def test_train_and_encode_a_real_sample(tmp_path):
     rows, metrics = evaluate_coded(
         dataset,
         PreparedDataset.load(tmp_path / "coded" / "annotations.json"),
-        MaskStore(masks),
+        store,
         read_bytes_per_image(tmp_path / "coded"),
     )
     assert metrics["images_with_objects"] == 1 and math.isfinite(metrics["object_psnr"])

@@ -104,7 +104,7 @@ def _ids_problem(instance_file: Path, ids: np.ndarray, label_file: Path) -> str 
     disagree = int((np.where(ids >= INSTANCE_BASE, ids // INSTANCE_BASE, ids) != labels).sum())
     if disagree:
         return (
-            f"{disagree} pixels disagree with {label_file} (instance id // 1000 must be the "
+            f"{disagree} pixel(s) disagree with {label_file} (instance id // 1000 must be the "
             f"label id): the two files belong to different frames or one is corrupt"
         )
     return None
@@ -172,7 +172,11 @@ def read_cityscapes(
             continue
         instance_file = _label_file(annotations, image, INSTANCE_SUFFIX)
         if not instance_file.is_file():
-            problems.report(str(images / image), "", f"its {instance_file} is missing")
+            problems.report(
+                str(images / image),
+                "",
+                f"its instance labels {instance_file} are missing; restore them",
+            )
             continue
         header = headers[image]
         ids = _read_ids(instance_file, (header.height, header.width))
@@ -184,9 +188,8 @@ def read_cityscapes(
         if problem:
             problems.report(str(instance_file), "", problem, also_skipped="its image is left out")
             continue
-        image_id = builder.add_image(image, header, (str(images / image), ""))
-        for annotation, origin in _annotations(ids, str(instance_file), ignored_regions, counts):
-            builder.add_annotation({"image_id": image_id, **annotation}, origin)
+        found = _annotations(ids, str(instance_file), ignored_regions, counts)
+        builder.add(image, header, (str(images / image), ""), found)
     return builder.build(
         annotations,
         "cityscapes",

@@ -121,15 +121,6 @@ def _numbers(values: Any) -> bool:
 def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
     """Why this annotation's segmentation or box does not fit a `width`×`height` image, or None."""
     lo, hi_x, hi_y = -EDGE_TOLERANCE, width + EDGE_TOLERANCE, height + EDGE_TOLERANCE
-    bbox = annotation.get("bbox")
-    if bbox is not None:
-        if not (_numbers(bbox) and len(bbox) == 4):
-            return f"bbox must be [x, y, w, h], got {bbox!r}"
-        x, y, w, h = bbox
-        if w < 0 or h < 0:
-            return f"bbox has a negative size: {bbox}"
-        if x < lo or y < lo or x + w > hi_x or y + h > hi_y:
-            return f"bbox {bbox} lies outside the {width}x{height} image"
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
         for k, polygon in enumerate(segmentation):
@@ -156,6 +147,15 @@ def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
         return (
             f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}"
         )
+    bbox = annotation.get("bbox")  # after the segmentation: its problem says more
+    if bbox is not None:
+        if not (_numbers(bbox) and len(bbox) == 4):
+            return f"bbox must be [x, y, w, h], got {bbox!r}"
+        x, y, w, h = bbox
+        if w < 0 or h < 0:
+            return f"bbox has a negative size: {bbox}"
+        if x < lo or y < lo or x + w > hi_x or y + h > hi_y:
+            return f"bbox {bbox} lies outside the {width}x{height} image"
     if not segmentation and bbox is None:
         return "annotation has neither a segmentation nor a bbox"
     return None
@@ -221,7 +221,10 @@ def _image_file_problem(file: Path, width: int, height: int, decode: bool) -> st
     if actual != (width, height):
         problem = f"image {file} is {actual[0]}x{actual[1]} but the JSON says {width}x{height}"
         if header.orientation in SWAPS_SIDES and actual == (height, width):
-            problem += f"; {header.orientation_note()}: annotate the stored pixels"
+            problem += (
+                f"; {header.orientation_note()}: width, height and annotations must refer to "
+                "the stored pixels (or rotate the file's pixels and remove the tag)"
+            )
         return problem
     return None
 

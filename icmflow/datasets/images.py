@@ -22,6 +22,15 @@ from PIL import Image
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = frozenset({5, 6, 7, 8})
 """EXIF orientations that rotate by 90° or 270°: displayed, width and height swap."""
+VIEWS = {
+    2: "mirrored",
+    3: "rotated by 180°",
+    4: "upside down",
+    5: "mirrored and rotated by 90°",
+    6: "rotated by 90°",
+    7: "mirrored and rotated by 90°",
+    8: "rotated by 90°",
+}
 
 
 @dataclass(frozen=True)
@@ -37,13 +46,12 @@ class Header:
         """A sentence on the EXIF orientation, empty when there is none to worry about."""
         if self.orientation == 1:
             return ""
-        shown = (
-            f"{self.height}x{self.width}" if self.orientation in SWAPS_SIDES else "the same size"
-        )
+        shown = VIEWS[self.orientation]
+        if self.orientation in SWAPS_SIDES:
+            shown += f", as {self.height}x{self.width}"
         return (
-            f"its EXIF orientation tag is {self.orientation} (viewers show it rotated or "
-            f"mirrored, {shown}); icmflow reads the stored {self.width}x{self.height} pixels "
-            "and ignores the tag, so annotations must refer to the stored pixels"
+            f"its EXIF orientation tag is {self.orientation} (viewers show it {shown}); icmflow "
+            f"reads the stored {self.width}x{self.height} pixels and ignores the tag"
         )
 
 

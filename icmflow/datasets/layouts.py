@@ -7,6 +7,7 @@ collect a `RawDataset` whose every entry names the file (and line) it came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -92,10 +93,17 @@ def pair_with_labels(
     return sorted(pairs)
 
 
-def read_lines(path: Path, problems: ProblemLog) -> list[str] | None:
-    """The text lines of an annotation file, or None (reported) if it is not text."""
+def read_rows(
+    path: Path, problems: ProblemLog, parse: Callable[[str], dict | str | None]
+) -> list[tuple[dict, Origin]] | None:
+    """Every non-empty line of a text annotation file through `parse`, with its origin.
+
+    `parse` returns the line's annotation, the problem with it, or None to leave it out. None
+    (every problem reported) if the file is not text or has a bad row: its image must go, as a
+    mask without that row's object would be wrong.
+    """
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         problems.report(
             str(path),
@@ -104,6 +112,17 @@ def read_lines(path: Path, problems: ProblemLog) -> list[str] | None:
             also_skipped="its image is left out",
         )
         return None
+    rows, bad = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        row = parse(line)
+        if isinstance(row, str):
+            problems.report(str(path), f"line {number}", row, also_skipped="its image is left out")
+            bad = True
+        elif row is not None:
+            rows.append((row, (str(path), f"line {number}")))
+    return None if bad else rows
 
 
 def read_headers(
@@ -127,10 +146,9 @@ def read_headers(
                 str(path),
                 "",
                 f"{header.orientation_note()}; this annotation format records no image size, "
-                "so nothing tells which orientation the labels refer to: rotate the pixels and "
-                "labels to match and remove the tag (e.g. PIL.ImageOps.exif_transpose on labels "
-                "drawn on the rotated view), or strip the tag if the labels refer to the stored "
-                "pixels",
+                "so nothing tells whether the labels refer to the stored or the rotated view: "
+                "if the rotated, rotate the pixels (e.g. PIL.ImageOps.exif_transpose) and save "
+                "them without the tag; if the stored, remove the tag",
             )
             continue
         headers[image] = header
@@ -146,7 +164,14 @@ class RawBuilder:
         self.image_origins: list[Origin] = []
         self.annotation_origins: list[Origin] = []
 
-    def add_image(self, file_name: Path, header: Header, origin: Origin) -> int:
+    def add(
+        self,
+        file_name: Path,
+        header: Header,
+        origin: Origin,
+        annotations: list[tuple[dict, Origin]],
+    ) -> None:
+        """One image, the next id, and its annotations with their origins."""
         image_id = len(self.images) + 1
         self.images.append(
             {
@@ -157,11 +182,11 @@ class RawBuilder:
             }
         )
         self.image_origins.append(origin)
-        return image_id
-
-    def add_annotation(self, annotation: dict, origin: Origin) -> None:
-        self.annotations.append({"id": len(self.annotations) + 1, **annotation})
-        self.annotation_origins.append(origin)
+        for annotation, annotation_origin in annotations:
+            self.annotations.append(
+                {"id": len(self.annotations) + 1, "image_id": image_id, **annotation}
+            )
+            self.annotation_origins.append(annotation_origin)
 
     def build(
         self,

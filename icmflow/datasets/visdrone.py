@@ -20,12 +20,13 @@ otherwise. Without segmentations, an object's mask region is its box.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from icmflow.datasets.coco import Origin, RawDataset
+from icmflow.datasets.coco import RawDataset
 from icmflow.datasets.images import write_png
 from icmflow.datasets.layouts import (
     IgnoredRegions,
@@ -33,7 +34,7 @@ from icmflow.datasets.layouts import (
     ignored_region_counts,
     pair_with_labels,
     read_headers,
-    read_lines,
+    read_rows,
 )
 from icmflow.errors import ProblemLog
 from icmflow.files import write_text
@@ -87,36 +88,25 @@ def _parse_row(line: str) -> list[int] | str:
     return numbers
 
 
-def _read_annotations(
-    label: Path, problems: ProblemLog, ignored_regions: IgnoredRegions, counts: dict[str, int]
-) -> list[tuple[dict, Origin]] | None:
-    """The file's annotations with their origins; None (reported) if any row is bad."""
-    lines = read_lines(label, problems)
-    if lines is None:
-        return None
-    parsed, bad = [], False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        row = _parse_row(line)
-        if isinstance(row, str):
-            problems.report(str(label), f"line {number}", row, also_skipped="its image is left out")
-            bad = True
-            continue
-        left, top, width, height, score, category = row[:6]
-        ignored = category == IGNORED_CATEGORY or score == 0
-        if ignored:
-            counts["ignored_regions"] += 1
-            if ignored_regions == "drop":
-                continue
-        annotation = {
-            "category_id": category,
-            "bbox": [float(left), float(top), float(width), float(height)],
-            "segmentation": [],
-            "iscrowd": int(ignored),
-        }
-        parsed.append((annotation, (str(label), f"line {number}")))
-    return None if bad else parsed
+def _annotation(
+    line: str, ignored_regions: IgnoredRegions, counts: dict[str, int]
+) -> dict | str | None:
+    """The row as a box annotation, why it is bad, or None for a dropped ignored region."""
+    row = _parse_row(line)
+    if isinstance(row, str):
+        return row
+    left, top, width, height, score, category = row[:6]
+    ignored = category == IGNORED_CATEGORY or score == 0
+    if ignored:
+        counts["ignored_regions"] += 1
+        if ignored_regions == "drop":
+            return None
+    return {
+        "category_id": category,
+        "bbox": [float(left), float(top), float(width), float(height)],
+        "segmentation": [],
+        "iscrowd": int(ignored),
+    }
 
 
 def read_visdrone(
@@ -130,17 +120,15 @@ def read_visdrone(
     pairs = pair_with_labels(images, annotations, problems, label_required=True)
     headers = read_headers(images, [image for image, _ in pairs], problems, refuse_orientation=True)
     counts = {"ignored_regions": 0}
+    parse = partial(_annotation, ignored_regions=ignored_regions, counts=counts)
     builder = RawBuilder()
     for image, label in tqdm(pairs, desc=f"read {annotations}", unit="img"):
         if image not in headers:
             continue
         assert label is not None  # label_required
-        parsed = _read_annotations(label, problems, ignored_regions, counts)
-        if parsed is None:
-            continue
-        image_id = builder.add_image(image, headers[image], (str(images / image), ""))
-        for annotation, origin in parsed:
-            builder.add_annotation({"image_id": image_id, **annotation}, origin)
+        rows = read_rows(label, problems, parse)
+        if rows is not None:
+            builder.add(image, headers[image], (str(images / image), ""), rows)
     return builder.build(
         annotations,
         "visdrone",

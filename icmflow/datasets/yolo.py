@@ -14,15 +14,16 @@ annotations.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
-from icmflow.datasets.coco import Origin, RawDataset
+from icmflow.datasets.coco import RawDataset
 from icmflow.datasets.images import write_png
-from icmflow.datasets.layouts import RawBuilder, pair_with_labels, read_headers, read_lines
+from icmflow.datasets.layouts import RawBuilder, pair_with_labels, read_headers, read_rows
 from icmflow.errors import InputError, ProblemLog
 from icmflow.files import write_text
 
@@ -58,8 +59,9 @@ def read_names(path: Path) -> dict[int, str]:
     return names
 
 
-def _parse_row(values: list[str], width: int, height: int) -> dict | str:
+def _parse_row(line: str, width: int, height: int) -> dict | str:
     """The row as a COCO annotation in pixels, or why it is not a YOLO row."""
+    values = line.split()
     n = len(values)
     if n != 5 and not (n >= 7 and n % 2 == 1):
         return (
@@ -89,26 +91,6 @@ def _parse_row(values: list[str], width: int, height: int) -> dict | str:
     return annotation
 
 
-def _read_labels(
-    label: Path, width: int, height: int, problems: ProblemLog
-) -> list[tuple[dict, Origin]] | None:
-    """The file's annotations with their origins; None (reported) if any row is bad."""
-    lines = read_lines(label, problems)
-    if lines is None:
-        return None
-    parsed, bad = [], False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        row = _parse_row(line.split(), width, height)
-        if isinstance(row, str):
-            problems.report(str(label), f"line {number}", row, also_skipped="its image is left out")
-            bad = True
-            continue
-        parsed.append((row, (str(label), f"line {number}")))
-    return None if bad else parsed
-
-
 def read_yolo(
     annotations: Path, images: Path, problems: ProblemLog, *, dataset_yaml: Path
 ) -> RawDataset:
@@ -121,14 +103,11 @@ def read_yolo(
     for image, label in tqdm(pairs, desc=f"read {annotations}", unit="img"):
         if image not in headers:
             continue
-        header = headers[image]
-        parsed = [] if label is None else _read_labels(label, header.width, header.height, problems)
-        if parsed is None:
-            continue
-        unlabelled += label is None
-        image_id = builder.add_image(image, header, (str(images / image), ""))
-        for annotation, origin in parsed:
-            builder.add_annotation({"image_id": image_id, **annotation}, origin)
+        size = {"width": headers[image].width, "height": headers[image].height}
+        rows = [] if label is None else read_rows(label, problems, partial(_parse_row, **size))
+        if rows is not None:
+            builder.add(image, headers[image], (str(images / image), ""), rows)
+            unlabelled += label is None
     categories = [{"id": k, "name": v, "supercategory": "yolo"} for k, v in sorted(names.items())]
     return builder.build(
         annotations,

@@ -89,24 +89,23 @@ class CocoDataset(DatasetBase):
     format: Literal["coco"] = "coco"
 
 
-class VisDroneDataset(DatasetBase):
+class WithIgnoredRegions(DatasetBase):
+    ignored_regions: Literal["crowd", "drop"] = Field(
+        "crowd",
+        description="regions neither object nor background (README, Datasets): kept as crowd "
+        "annotations (masks.crowd decides their pixels) or dropped",
+    )
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"ignored_regions": self.ignored_regions}
+
+
+class VisDroneDataset(WithIgnoredRegions):
     format: Literal["visdrone"]
-    ignored_regions: Literal["crowd", "drop"] = Field(
-        "crowd", description="category-0 and score-0 rows: crowd annotations, or dropped"
-    )
-
-    def reader_options(self) -> dict[str, Any]:
-        return {"ignored_regions": self.ignored_regions}
 
 
-class CityscapesDataset(DatasetBase):
+class CityscapesDataset(WithIgnoredRegions):
     format: Literal["cityscapes"]
-    ignored_regions: Literal["crowd", "drop"] = Field(
-        "crowd", description="thing pixels without instance id, caravan, trailer: crowd or dropped"
-    )
-
-    def reader_options(self) -> dict[str, Any]:
-        return {"ignored_regions": self.ignored_regions}
 
 
 class YoloDataset(DatasetBase):
