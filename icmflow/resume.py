@@ -7,8 +7,8 @@ with the same fingerprint finds its earlier work; any other fingerprint empties 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(*parts: Any) -> str:
-    """A digest of JSON-serialisable parts: equal inputs, equal fingerprint."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    """A digest of picklable parts: equal inputs built the same way, equal fingerprint.
+
+    Pickle, not JSON: it is several times faster on the large annotation lists masks depend on.
+    """
+    return hashlib.sha256(pickle.dumps(parts, protocol=5)).hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from icmflow.coding.checkpoint import save_checkpoint
 from icmflow.coding.registry import create_model
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.datasets.sample import write_sample
 from icmflow.errors import ProblemLog
 from icmflow.masks.build import build_object_masks
-from icmflow.masks.store import MaskStore
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("ICMFLOW_SAMPLES", REPO.parent / "shared" / "samples"))
@@ -28,20 +28,33 @@ def real_sample(name: str) -> Path:
     return path
 
 
-def build_masks(
-    data: dict, folder: Path, name: str = "masks", include_crowd: bool = True
-) -> MaskStore:
-    """Object masks of a normalised dataset, built in this process, at `folder/<name>.zarr`."""
-    path = build_object_masks(
-        data,
-        folder / f"{name}.zarr",
-        work=folder / f"work-{name}",
-        source=name,
-        include_crowd=include_crowd,
-        images_per_shard=2,
-        client=None,
+def save_codec(model, path: Path, model_args: dict) -> Path:
+    """Save a (tiny) bmshj2018-hyperprior as the train stage does, without optimiser history."""
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(
+        path,
+        model,
+        arch="bmshj2018-hyperprior",
+        model_args=model_args,
+        step=0,
+        loss=0.0,
+        optimizer=optimizer,
+        aux_optimizer=optimizer,
+        extra={},
     )
-    return MaskStore(path)
+    return path
+
+
+def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
+    return build_object_masks(
+        dataset,
+        out,
+        work=out.with_name(out.name + ".work"),
+        source=source,
+        include_crowd=crowd,
+        images_per_shard=per_shard,
+        client=client,
+    )
 
 
 def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:

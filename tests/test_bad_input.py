@@ -10,13 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from icmflow.coding.checkpoint import load_codec
 from icmflow.coding.codec import compress_image, decompress_image
 from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.errors import InputError
+from icmflow.masks.store import MaskStore
 from icmflow.training.data import MaskedCrops
-from tests.conftest import build_masks
+from tests.conftest import build, save_codec
 from tests.tiny import FORMATS, SIZES, Tiny, write_tiny
 
 
@@ -63,7 +65,7 @@ def box_union(tiny: Tiny, index: int) -> np.ndarray:
 def test_the_tiny_layouts_are_read_exactly(tiny, tmp_path):
     prepared, problems = tiny.prepare()
     assert not problems.skipped
-    store = build_masks(prepared, tmp_path)
+    store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
     for index, image in enumerate(prepared["images"]):
         assert image["file_name"] == name(tiny, index)
         np.testing.assert_array_equal(store.mask(image["id"]), box_union(tiny, index))
@@ -157,7 +159,7 @@ def test_polygon_outside_the_image_is_rejected_and_within_tolerance_clipped(tmp_
     w, h = SIZES[2]
     tiny.label(2).write_text("0 0.5 0.5 1.01 0.5 1.01 1.01 0.5 1.01\n0 0.1 0.1 0.2 0.1 0.2 0.2\n")
     prepared, _ = tiny.prepare()  # 1.01 × 56 = 56.56: within a pixel of the edge
-    store = build_masks(prepared, tmp_path)
+    store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
     assert store.mask(3)[h // 2 :, w // 2 :].all()
     tiny.label(2).write_text("0 0.5 0.5 1.2 0.5 1.2 1.2 0.5 1.2\n")
     assert_refused(tiny, tiny.label(2), "line 1", f"outside the {w}x{h} image", {2})
@@ -198,7 +200,7 @@ def test_image_with_no_objects(tiny, tmp_path):
     assert not problems.skipped
     assert [im["file_name"] for im in prepared["images"]] == [name(tiny, i) for i in range(3)]
     assert {a["image_id"] for a in prepared["annotations"]} == {2, 3}
-    store = build_masks(prepared, tmp_path)
+    store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
     assert not store.mask(1).any() and store.mask(1).shape == (32, 48)
     assert store.mask(2).any()
 
@@ -241,14 +243,15 @@ def test_pixel_formats_become_the_same_rgb8_for_masks_training_and_encoding(mode
     prepared, _ = tiny.prepare()  # decodes every image: sizes checked on the same pixels
     write_prepared(tmp_path / "val.json", prepared, image_root=tiny.images, final_dir=tmp_path)
     dataset = PreparedDataset.load(tmp_path / "val.json")
-    store = build_masks(prepared, tmp_path)
+    store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
     x, m = MaskedCrops(dataset, store.path, patch_size=32)[0]  # 32 = the height: x varies
     rows = (x * 255).round().byte().permute(1, 2, 0).numpy()
     assert any(np.array_equal(rows, expected[:, s : s + 32]) for s in range(48 - 32 + 1))
     assert m.shape == (1, 32, 32)
-    encode_dataset(codec, dataset, tmp_path / "coded")
+    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
+    encode_dataset(checkpoint, dataset, tmp_path / "coded")
     stream = (tmp_path / "coded" / "bitstreams" / "im1.bin").read_bytes()
-    assert stream == compress_image(codec, expected)  # the codec was fed exactly `expected`
+    assert stream == compress_image(load_codec(checkpoint), expected)  # fed exactly `expected`
 
 
 def exif_jpeg(path, rgb: np.ndarray, orientation: int) -> None:
@@ -268,7 +271,7 @@ def test_exif_rotated_jpeg_is_read_as_stored(tmp_path):
     assert read_rgb(path).shape == (32, 48, 3)  # stored, not rotated to 32 wide
     tiny.edit_json(lambda coco: coco["images"][0].update(file_name="im1.jpg"))
     prepared, _ = tiny.prepare()
-    store = build_masks(prepared, tmp_path)
+    store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
     np.testing.assert_array_equal(store.mask(1), box_union(tiny, 0))
     tiny.edit_json(lambda coco: coco["images"][0].update(width=32, height=48))  # the rotated view
     with pytest.raises(InputError) as err:
@@ -322,7 +325,7 @@ def test_image_smaller_than_the_training_crop(tmp_path, codec):
     prepared, _ = tiny.prepare()
     assert prepared["images"][0]["width"] == 20
     write_prepared(tmp_path / "val.json", prepared, image_root=tiny.images, final_dir=tmp_path)
-    store = build_masks(prepared, tmp_path)
+    store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
     crops = MaskedCrops(PreparedDataset.load(tmp_path / "val.json"), store.path, patch_size=64)
     for _ in range(3):
         x, m = crops[0]

@@ -10,6 +10,8 @@ from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.coding.registry import create_model
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
+from icmflow.parallel import dask_client
+from tests.conftest import save_codec
 
 
 def test_bitstream_round_trip_and_truncation():
@@ -39,7 +41,9 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     codec, sample_prepared, tmp_path
 ):
     val = sample_prepared["val"]
-    summary = encode_dataset(codec, val, tmp_path)
+    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
+    tmp_path = tmp_path / "coded"
+    summary = encode_dataset(checkpoint, val, tmp_path)
     coded = PreparedDataset.load(tmp_path / "annotations.json")
     assert coded.data["annotations"] == val.data["annotations"]
     with (tmp_path / "bpp.csv").open() as handle:
@@ -58,3 +62,24 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     pixels = sum(im["width"] * im["height"] for im in val.images)
     assert summary["bpp"] == pytest.approx(total_bits / pixels)
     assert json.loads((tmp_path / "summary.json").read_text())["total_bits"] == total_bits
+
+
+def test_encoding_on_a_dask_cluster_resumes_and_matches(codec, sample_prepared, tmp_path):
+    val = sample_prepared["val"]
+    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
+    serial = tmp_path / "serial"
+    encode_dataset(checkpoint, val, serial, images_per_task=2)
+    first = val.images[0]["file_name"].removesuffix(".png")
+    (serial / "images" / f"{first}.png").unlink()  # as if interrupted inside this image
+    stamps = {p.name: p.stat().st_mtime_ns for p in (serial / "bitstreams").iterdir()}
+    with dask_client(None, n_workers=2) as client:
+        encode_dataset(checkpoint, val, serial, client=client, images_per_task=2)
+        encode_dataset(checkpoint, val, tmp_path / "dask", client=client, images_per_task=2)
+    redone = {
+        p.name for p in (serial / "bitstreams").iterdir() if p.stat().st_mtime_ns != stamps[p.name]
+    }
+    assert redone == {f"{first}.bin"}
+    for folder in ("images", "bitstreams"):
+        ours = {p.name: p.read_bytes() for p in (serial / folder).iterdir()}
+        theirs = {p.name: p.read_bytes() for p in (tmp_path / "dask" / folder).iterdir()}
+        assert ours == theirs and len(ours) == len(val.images)

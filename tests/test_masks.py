@@ -10,11 +10,11 @@ from zarr.storage import LocalStore, LoggingStore
 
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.errors import InputError
-from icmflow.masks.build import build_object_masks, build_store
+from icmflow.masks.build import build_store
 from icmflow.masks.rle import annotation_rle
-from icmflow.masks.store import IncompleteStoreError, MaskStore
+from icmflow.masks.store import IncompleteStoreError, MaskStore, create_store, write_shard
 from icmflow.parallel import dask_client
-from tests.conftest import prepare_split, real_sample
+from tests.conftest import build, prepare_split, real_sample
 
 
 def pycocotools_union(coco: COCO, image_id: int, include_crowd: bool = True) -> np.ndarray:
@@ -42,15 +42,7 @@ def test_sample_masks_equal_pycocotools_union(sample_prepared, sample_masks):
 
 def test_crowd_can_be_excluded(sample_prepared, tmp_path):
     val = sample_prepared["val"]
-    out = build_object_masks(
-        val.data,
-        tmp_path / "m.zarr",
-        work=tmp_path / "w",
-        source="val",
-        include_crowd=False,
-        images_per_shard=2,
-        client=None,
-    )
+    out = build(val.data, tmp_path / "m.zarr", crowd=False)
     store = MaskStore(out)
     assert store.attrs["crowd"] == "exclude"
     assert_identical_to_pycocotools(val, store, crowd=False)
@@ -65,9 +57,10 @@ def test_layout_one_chunk_per_image_and_few_shard_files(sample_prepared, sample_
     path = sample_masks["train"]
     n = len(sample_prepared["train"].images)
     array = zarr.open_group(path, mode="r")["mask"]
-    _, h, w = array.shape
-    assert array.chunks == (1, h, w)
-    assert array.shards == (4, h, w)
+    _, rows, w = array.shape
+    assert rows == math.ceil(max(im["height"] for im in sample_prepared["train"].images) / 8)
+    assert array.chunks == (1, rows, w)
+    assert array.shards == (4, rows, w)
     shard_files = [p for p in (path / "mask" / "c").rglob("*") if p.is_file()]
     assert 1 <= len(shard_files) <= math.ceil(n / 4)
 
@@ -86,15 +79,7 @@ def test_real_coco_voc3_masks_equal_pycocotools(tmp_path):
     root = real_sample("coco-voc3")
     dataset = prepare_split(tmp_path, root / "annotations.json", root, "voc3")
     assert len(dataset.data["annotations"]) == 12
-    out = build_object_masks(
-        dataset.data,
-        tmp_path / "voc3.zarr",
-        work=tmp_path / "w",
-        source=str(dataset.path),
-        include_crowd=True,
-        images_per_shard=2,
-        client=None,
-    )
+    out = build(dataset.data, tmp_path / "voc3.zarr")
     assert_identical_to_pycocotools(dataset, MaskStore(out))
     coco = COCO(str(dataset.path))
     for ann in coco.loadAnns(coco.getAnnIds()):  # each of the 12 instances on its own, too
@@ -108,17 +93,9 @@ def test_polygon_outside_image_leaves_no_store(sample_prepared, tmp_path):
     bad = next(a for a in data["annotations"] if isinstance(a["segmentation"], list))
     bad["segmentation"][0][1] = -400.0
     with pytest.raises(InputError, match=rf"val.json: annotation id={bad['id']} .*outside"):
-        build_object_masks(
-            data,
-            tmp_path / "m.zarr",
-            work=tmp_path / "w",
-            source="data/val.json",
-            include_crowd=True,
-            images_per_shard=2,
-            client=None,
-        )
+        build(data, tmp_path / "m.zarr", source="data/val.json")
     assert not (tmp_path / "m.zarr").exists()
-    assert not (tmp_path / "w").exists()
+    assert not (tmp_path / "m.zarr.work").exists()
 
 
 def store_files(path) -> dict:
@@ -165,8 +142,6 @@ def test_interrupted_build_resumes_without_recomputing(tmp_path):
 
 
 def test_incomplete_store_is_refused(tmp_path):
-    from icmflow.masks.store import create_store
-
     create_store(
         tmp_path / "s.zarr",
         image_ids=[1],
@@ -184,13 +159,29 @@ def test_incomplete_store_is_refused(tmp_path):
 def test_dask_cluster_build_equals_in_process_build(sample_prepared, sample_masks, tmp_path):
     train = sample_prepared["train"]
     with dask_client(None, n_workers=2) as client:
-        out = build_object_masks(
-            train.data,
-            tmp_path / "train.zarr",
-            work=tmp_path / "w",
-            source=str(train.path),
-            include_crowd=True,
-            images_per_shard=4,
-            client=client,
+        out = build(
+            train.data, tmp_path / "train.zarr", client=client, per_shard=4, source=str(train.path)
         )
     assert store_files(out) == store_files(sample_masks["train"])
+
+
+def test_shards_are_byte_identical_to_zarrs_own_writer(tmp_path):
+    rng = np.random.default_rng(1)
+    masks = [rng.random((30 + i, 40)) > 0.7 for i in range(5)] + [np.zeros((31, 40), bool)]
+    heights, widths = [m.shape[0] for m in masks], [40] * 6
+    common = dict(image_ids=list(range(6)), heights=heights, widths=widths, images_per_shard=4)
+    create_store(tmp_path / "ours.zarr", attrs={"fingerprint": "x"}, **common)
+    create_store(tmp_path / "zarrs.zarr", attrs={"fingerprint": "x"}, **common)
+    write_shard(tmp_path / "ours.zarr", 0, masks[:4])
+    write_shard(tmp_path / "ours.zarr", 1, masks[4:])
+    array = zarr.open_group(tmp_path / "zarrs.zarr", mode="r+")["mask"]
+    block = np.zeros(array.shape, dtype=np.uint8)
+    for i, mask in enumerate(masks):
+        packed = np.packbits(mask, axis=0)
+        block[i, : packed.shape[0], : packed.shape[1]] = packed
+    array[:] = block
+    assert store_files(tmp_path / "ours.zarr") == store_files(tmp_path / "zarrs.zarr")
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "ours.zarr")["mask"][:], block)
+    for i in (1, 5):  # unpacking with plain numpy, as the layout docstring says
+        unpacked = np.unpackbits(block[i], axis=0, count=heights[i])[:, :40]
+        np.testing.assert_array_equal(unpacked.view(bool), masks[i])

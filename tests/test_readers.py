@@ -22,7 +22,7 @@ from icmflow.errors import InputError, ProblemLog
 from icmflow.masks.store import MaskStore
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
-from tests.conftest import REPO, build_masks, real_sample
+from tests.conftest import REPO, build, real_sample
 
 SPLIT_PATHS = {
     "visdrone": ("{split}/annotations", "{split}/images"),
@@ -72,7 +72,7 @@ def test_sample_layouts_hold_the_coco_sample_objects(
     coco = COCO(str(reference.path))
     dataset = read_layout(sample_layouts / layout, layout, split)
     assert len(dataset["images"]) == len(reference.images)
-    store = build_masks(dataset, tmp_path, layout)
+    store = MaskStore(build(dataset, tmp_path / f"{layout}.zarr"))
     for ours, theirs in zip(dataset["images"], reference.images, strict=True):
         assert (ours["width"], ours["height"]) == (theirs["width"], theirs["height"])
         np.testing.assert_array_equal(
@@ -107,9 +107,9 @@ def test_ignored_regions_param(sample_layouts, sample_prepared, layout, tmp_path
     assert dropped["icmflow"]["counts"] == {"ignored_regions_dropped": 1}
     assert not any(a["iscrowd"] for a in dropped["annotations"])
     assert len(dropped["annotations"]) == len(kept["annotations"]) - 1
-    included = build_masks(kept, tmp_path, "included").mask(image_id)
-    excluded = build_masks(kept, tmp_path, "excluded", include_crowd=False).mask(image_id)
-    without = build_masks(dropped, tmp_path, "dropped").mask(image_id)
+    included = MaskStore(build(kept, tmp_path / "included.zarr")).mask(image_id)
+    excluded = MaskStore(build(kept, tmp_path / "excluded.zarr", crowd=False)).mask(image_id)
+    without = MaskStore(build(dropped, tmp_path / "dropped.zarr")).mask(image_id)
     np.testing.assert_array_equal(excluded, without)
     region = COCO(str(reference.path)).annToMask(crowd).astype(bool)
     if layout == "visdrone":
@@ -156,7 +156,7 @@ def test_real_cityscapes_frankfurt1(tmp_path):
         assert len(values) == 1 and values[0] // 1000 == ann["category_id"]  # one whole instance
         assert pixels.sum() == instances[int(values[0])] == ann["area"]
         assert ann["iscrowd"] == 0
-    store = build_masks(dataset, tmp_path, "frankfurt")
+    store = MaskStore(build(dataset, tmp_path / "frankfurt.zarr"))
     np.testing.assert_array_equal(store.mask(1), ids >= 1000)
 
 
@@ -170,7 +170,7 @@ def test_real_coco8_yolo(split, tmp_path):
     names = tmp_path / "coco8.yaml"
     names.write_text(yaml.safe_dump({"nc": 80, "names": COCO8_NAMES}))
     dataset = read_layout(root, "yolo", split, dataset_yaml=names)
-    store = build_masks(dataset, tmp_path, "coco8")
+    store = MaskStore(build(dataset, tmp_path / "coco8.zarr"))
     rows = 0
     for image in dataset["images"]:
         width, height = Image.open(root / "images" / split / image["file_name"]).size

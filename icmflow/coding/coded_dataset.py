@@ -3,25 +3,32 @@
 Layout of a coded dataset folder:
 
 - `images/<file_name stem>.png`: the decoded pixels, losslessly, exactly what the bitstream
-  decodes to (decoded from the very bytes written beside it);
+  decodes to (decoded from the very bytes written beside it, in the same process);
 - `bitstreams/<file_name stem>.bin`: the bitstream (see `icmflow.coding.bitstream`);
 - `annotations.json`: the source's normalised COCO JSON, `file_name`s pointing at the PNGs;
 - `bpp.csv`: per image, bitstream bytes, pixels and bpp;
 - `summary.json`: dataset bpp = total bits / total pixels (not a mean of per-image bpp).
+
+Images are encoded in tasks of a few images on a dask cluster (or in this process), each worker
+loading the codec once. Every file is written through a rename, and images whose bitstream and
+PNG already exist are not encoded again, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import csv
+from functools import cache
 from pathlib import Path
 
 from compressai.models import CompressionModel
+from distributed import Client, as_completed
 from tqdm import tqdm
 
+from icmflow.coding.checkpoint import load_codec
 from icmflow.coding.codec import compress_image, decompress_image
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.files import write_json
+from icmflow.files import write_bytes, write_json
 
 BPP_FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp")
 
@@ -30,28 +37,67 @@ def _stem(file_name: str) -> str:
     return str(Path(file_name).with_suffix(""))
 
 
-def encode_dataset(model: CompressionModel, dataset: PreparedDataset, out: Path) -> dict:
+@cache
+def _codec(checkpoint: str, device: str) -> CompressionModel:
+    """One codec per worker process and checkpoint."""
+    return load_codec(Path(checkpoint)).to(device)
+
+
+def _encode_images(checkpoint: str, device: str, out: str, images: list[tuple[str, str]]) -> int:
+    """Encode (source path, file stem) pairs into `out`; returns how many were done."""
+    model = _codec(checkpoint, device)
+    for source, stem in images:
+        bitstream, decoded = (
+            Path(out, "bitstreams", f"{stem}.bin"),
+            Path(out, "images", f"{stem}.png"),
+        )
+        if bitstream.is_file() and decoded.is_file():
+            continue  # done by an earlier, interrupted run
+        stream = compress_image(model, read_rgb(source))
+        decoded.parent.mkdir(parents=True, exist_ok=True)
+        write_png(decoded, decompress_image(model, stream))
+        write_bytes(bitstream, stream)  # last: its presence marks the image done
+    return len(images)
+
+
+def encode_dataset(
+    checkpoint: Path,
+    dataset: PreparedDataset,
+    out: Path,
+    *,
+    device: str = "cpu",
+    client: Client | None = None,
+    images_per_task: int = 8,
+) -> dict:
     """Encode and decode every image of `dataset` into the folder `out`; returns the summary."""
-    rows = []
-    images = []
-    for image in tqdm(dataset.images, desc=f"encode {dataset.path.name}", unit="img"):
-        rgb = read_rgb(dataset.image_path(image))
-        stream = compress_image(model, rgb)
+    jobs = [(str(dataset.image_path(im)), _stem(im["file_name"])) for im in dataset.images]
+    tasks = [jobs[i : i + images_per_task] for i in range(0, len(jobs), images_per_task)]
+    args = (str(checkpoint), device, str(out))
+    with tqdm(total=len(jobs), desc=f"encode {dataset.path.name}", unit="img") as bar:
+        if client is None:
+            for task in tasks:
+                bar.update(_encode_images(*args, task))
+        else:
+            futures = [client.submit(_encode_images, *args, task, pure=False) for task in tasks]
+            for future in as_completed(futures):
+                bar.update(future.result())
+    return _write_index(dataset, out)
+
+
+def _write_index(dataset: PreparedDataset, out: Path) -> dict:
+    """bpp.csv, summary.json and annotations.json of a folder whose images are all coded."""
+    rows, images = [], []
+    for image in dataset.images:
         stem = _stem(image["file_name"])
-        bitstream_path = out / "bitstreams" / f"{stem}.bin"
-        bitstream_path.parent.mkdir(parents=True, exist_ok=True)
-        bitstream_path.write_bytes(stream)
-        decoded_path = out / "images" / f"{stem}.png"
-        decoded_path.parent.mkdir(parents=True, exist_ok=True)
-        write_png(decoded_path, decompress_image(model, stream))
-        pixels = rgb.shape[0] * rgb.shape[1]
+        size = (out / "bitstreams" / f"{stem}.bin").stat().st_size
+        pixels = image["width"] * image["height"]
         rows.append(
             {
                 "image_id": image["id"],
                 "file_name": f"{stem}.png",
-                "bytes": len(stream),
+                "bytes": size,
                 "pixels": pixels,
-                "bpp": 8 * len(stream) / pixels,
+                "bpp": 8 * size / pixels,
             }
         )
         images.append({**image, "file_name": f"{stem}.png"})

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb, undecodable
@@ -112,10 +113,15 @@ def _entry(kind: str, index: int, item: Any, key: str) -> str:
     return f"{kind}[{index}] ({fields})"
 
 
-def _numbers(values: Any) -> bool:
-    return isinstance(values, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-    )
+def _numbers(values: Any) -> np.ndarray | None:
+    """`values` as a 1-D float array if it is a list of finite numbers, else None."""
+    if not isinstance(values, list):
+        return None
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return array if array.ndim == 1 and np.isfinite(array).all() else None
 
 
 def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
@@ -124,13 +130,14 @@ def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
         for k, polygon in enumerate(segmentation):
-            if not (_numbers(polygon) and len(polygon) >= 6 and len(polygon) % 2 == 0):
+            coords = _numbers(polygon)
+            if coords is None or len(coords) < 6 or len(coords) % 2:
                 return f"segmentation polygon {k} must be [x1, y1, x2, y2, ...] with >= 3 points"
-            xs, ys = polygon[0::2], polygon[1::2]
-            if min(xs) < lo or min(ys) < lo or max(xs) > hi_x or max(ys) > hi_y:
+            xs, ys = coords[0::2], coords[1::2]
+            if xs.min() < lo or ys.min() < lo or xs.max() > hi_x or ys.max() > hi_y:
                 return (
-                    f"segmentation polygon {k} spans x {min(xs):g}..{max(xs):g}, "
-                    f"y {min(ys):g}..{max(ys):g}: outside the {width}x{height} image"
+                    f"segmentation polygon {k} spans x {xs.min():g}..{xs.max():g}, "
+                    f"y {ys.min():g}..{ys.max():g}: outside the {width}x{height} image"
                 )
     elif isinstance(segmentation, dict):
         size, counts = segmentation.get("size"), segmentation.get("counts")
@@ -149,7 +156,7 @@ def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
         )
     bbox = annotation.get("bbox")  # after the segmentation: its problem says more
     if bbox is not None:
-        if not (_numbers(bbox) and len(bbox) == 4):
+        if _numbers(bbox) is None or len(bbox) != 4:
             return f"bbox must be [x, y, w, h], got {bbox!r}"
         x, y, w, h = bbox
         if w < 0 or h < 0:

@@ -13,11 +13,14 @@ Colour: every mode becomes 8-bit RGB the same way for every stage (see `to_rgb8`
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from icmflow.files import write_bytes
 
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = frozenset({5, 6, 7, 8})
@@ -95,5 +98,7 @@ def undecodable(file: Path | str, error: Exception) -> str:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write H×W×3 uint8 pixels losslessly."""
-    Image.fromarray(rgb).save(path, format="PNG")
+    """Write H×W×3 uint8 pixels losslessly, through a rename."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())

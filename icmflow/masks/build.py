@@ -30,11 +30,9 @@ MaskMaker = Callable[[Any], list[np.ndarray]]
 """Turns one shard's payload into that shard's masks, in image order. Must be picklable."""
 
 
-def _run_shard(
-    store: str, done_dir: str, shard: int, start: int, make_masks: MaskMaker, payload: Any
-) -> int:
+def _run_shard(store: str, done_dir: str, shard: int, make_masks: MaskMaker, payload: Any) -> int:
     masks = make_masks(payload)
-    write_shard(store, start, masks)
+    write_shard(store, shard, masks)
     (Path(done_dir) / f"{shard:06d}").touch()
     return len(masks)
 
@@ -90,9 +88,7 @@ def build_store(
         )
         workdir.seal()
     todo = [s for s in range(n_shards) if not (done / f"{s:06d}").exists()]
-    tasks = [
-        (str(store), str(done), s, s * images_per_shard, make_masks, payloads[s]) for s in todo
-    ]
+    tasks = [(str(store), str(done), s, make_masks, payloads[s]) for s in todo]
     finished = len(image_ids) - sum(
         min(images_per_shard, len(image_ids) - s * images_per_shard) for s in todo
     )

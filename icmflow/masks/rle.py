@@ -42,15 +42,23 @@ def object_mask(
 ) -> np.ndarray:
     """Union of the annotations' regions as a `height`×`width` bool array.
 
-    The RLEs are merged before decoding, so the cost is one decode per image instead of one per
-    instance; the result is pixel-identical to OR-ing pycocotools' `annToMask` of every instance.
+    All polygons go through one `frPyObjects` call and every RLE is merged before one decode, so
+    the cost is one decode per image instead of one per instance; the result is pixel-identical
+    to OR-ing pycocotools' `annToMask` of every instance.
     """
-    rles = [
-        annotation_rle(a, height, width)
-        for a in annotations
-        if include_crowd or not a.get("iscrowd", 0)
-    ]
+    polygons: list[list[float]] = []
+    rles: list[dict] = []
+    for ann in annotations:
+        if ann.get("iscrowd", 0) and not include_crowd:
+            continue
+        segmentation = ann.get("segmentation")
+        if isinstance(segmentation, list) and segmentation:
+            polygons.extend(segmentation)
+        else:
+            rles.append(annotation_rle(ann, height, width))
+    if polygons:
+        rles.extend(mask_utils.frPyObjects(polygons, height, width))
     if not rles:
         return np.zeros((height, width), dtype=bool)
     merged = rles[0] if len(rles) == 1 else mask_utils.merge(rles, intersect=False)
-    return mask_utils.decode(merged).astype(bool)
+    return mask_utils.decode(merged).view(bool)

@@ -176,6 +176,9 @@ class EncodeParams(Section):
     dataset: str = "sample"
     split: str = "val"
     device: str = "cpu"
+    scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
+    n_workers: int = Field(2, gt=0)
+    images_per_task: int = Field(8, gt=0)
 
 
 class ReportParams(Section):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from icmflow.coding.checkpoint import load_codec
 from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.files import atomic_directory
+from icmflow.files import replace
+from icmflow.parallel import dask_client
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
+from icmflow.resume import WorkDir, file_digest, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,28 @@ def run(params: Params, paths: Paths, name: str) -> None:
     params.codec(name)
     options = params.encode
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
-    model = load_codec(paths.checkpoint(name)).to(options.device)
-    with atomic_directory(paths.coded(name)) as out:
-        summary = encode_dataset(model, dataset, out)
-        write_provenance(out, f"encode@{name}", {"codec": name, "encode": options.model_dump()})
+    checkpoint = paths.checkpoint(name)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: not found; run `icmflow train {name}` first")
+    work = WorkDir(
+        paths.work("encode", name),
+        fingerprint(file_digest(checkpoint), file_digest(dataset.path), options.device),
+    )
+    if not work.resume():
+        work.seal()
+    out = work.path / "out"
+    with dask_client(options.scheduler, n_workers=options.n_workers) as client:
+        summary = encode_dataset(
+            checkpoint,
+            dataset,
+            out,
+            device=options.device,
+            client=client,
+            images_per_task=options.images_per_task,
+        )
+    write_provenance(out, f"encode@{name}", {"codec": name, "encode": options.model_dump()})
+    replace(out, paths.coded(name))
+    work.discard()
     log.info(
         "%s: %d images, %.4f bpp (%s)",
         name,
