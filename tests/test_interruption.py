@@ -35,7 +35,7 @@ pytestmark = [
 ]
 
 KILLS = 10
-SPLITS = {"train": 32, "val": 12}
+SPLITS = {"train": 80, "val": 24}
 BIN = Path(sys.executable).parent
 
 
@@ -43,7 +43,7 @@ def synthetic_split(n_images: int, first_id: int, rng: np.random.Generator) -> d
     """Big images with many polygons: a few seconds of mask building in all."""
     images, annotations = [], []
     for image_id in range(first_id, first_id + n_images):
-        w, h = 1600, 1200
+        w, h = 3000, 2000
         images.append({"id": image_id, "file_name": f"{image_id}.png", "width": w, "height": h})
         for _ in range(int(rng.integers(3, 12))):
             cx, cy, r = rng.uniform(100, w - 100), rng.uniform(100, h - 100), rng.uniform(20, 90)
@@ -145,6 +145,15 @@ def assert_nothing_half_done_reads_as_complete(project: Path, reference: dict, w
             assert files(store) == reference[split_of(store)], f"{when}: {store} is not complete"
 
 
+def progress(project: Path) -> str:
+    """What a killed run left: shards done per split, finished split stores, the final store."""
+    work = Paths(project).work("masks", "big")
+    done = {s: len(list((work / f"build-{s}" / "done").glob("*"))) for s in SPLITS}
+    staged = sorted(p.name for p in (work / "out").glob("*.zarr"))
+    final = Paths(project).masks("object", "big").exists()
+    return f"shards done {done}, staged {staged}, final store {'in place' if final else 'absent'}"
+
+
 def test_sigkill_at_random_moments_then_rerun(project):
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -158,7 +167,7 @@ def test_sigkill_at_random_moments_then_rerun(project):
     moments, finished = [], 0
     while len(moments) < KILLS:
         process = start(project)
-        moment = rng.uniform(0, duration)
+        moment = duration * (len(moments) + rng.random()) / KILLS  # one in each tenth of a run
         try:
             code = process.wait(timeout=moment)
         except subprocess.TimeoutExpired:
@@ -168,6 +177,7 @@ def test_sigkill_at_random_moments_then_rerun(project):
             whom = "group" if group else "command"
             when = f"after a SIGKILL of the {whom} at {moment:.2f} s (seed {seed}, {moments})"
             assert_nothing_half_done_reads_as_complete(project, reference, when)
+            print(f"{when}: left {progress(project)}")
         else:  # this rerun finished before its moment: it must be complete and identical
             assert code == 0, (project / "stderr.log").read_text()[-3000:]
             assert files(final) == reference["object"], f"seed {seed}, kills {moments}"
