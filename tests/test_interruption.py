@@ -141,6 +141,8 @@ def assert_nothing_half_done_reads_as_complete(project: Path, reference: dict, w
         store = marker.parent
         if store.suffix != ".zarr":
             continue  # an array inside a store
+        if any(part.startswith(".object.old-") for part in store.parts):
+            continue  # an old store being deleted, in the work folder: nothing reads it
         if store_attrs(store).get("complete"):
             assert files(store) == reference[split_of(store)], f"{when}: {store} is not complete"
 
@@ -167,7 +169,8 @@ def test_sigkill_at_random_moments_then_rerun(project):
     moments, finished = [], 0
     while len(moments) < KILLS:
         process = start(project)
-        moment = duration * (len(moments) + rng.random()) / KILLS  # one in each tenth of a run
+        # One kill in each tenth of a run; 0.9: the reference run, the first, starts coldest.
+        moment = 0.9 * duration * (len(moments) + rng.random()) / KILLS
         try:
             code = process.wait(timeout=moment)
         except subprocess.TimeoutExpired:
@@ -182,7 +185,7 @@ def test_sigkill_at_random_moments_then_rerun(project):
             assert code == 0, (project / "stderr.log").read_text()[-3000:]
             assert files(final) == reference["object"], f"seed {seed}, kills {moments}"
             finished += 1
-        assert finished <= KILLS, f"runs end before the kills (seed {seed}): {duration:.1f} s?"
+        assert finished <= 2 * KILLS, f"runs end before their kills (seed {seed}, {duration:.1f} s)"
     assert start(project).wait(timeout=300) == 0, (project / "stderr.log").read_text()[-3000:]
     assert files(final) == reference["object"], f"seed {seed}, kills at {moments}"
     for split in SPLITS:
@@ -192,11 +195,13 @@ def test_sigkill_at_random_moments_then_rerun(project):
     assert not leftovers, f"left beside the store: {leftovers}"
 
 
-def test_replace_clears_what_a_killed_replace_left(tmp_path):
-    dst, src = tmp_path / "object", tmp_path / "new"
-    (tmp_path / ".object.old-12345").mkdir()  # killed between its two renames
-    src.mkdir()
-    (src / "f").write_text("new")
-    replace(src, dst)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["object"]
-    assert (dst / "f").read_text() == "new"
+def test_replace_deletes_the_old_output_beside_the_new_one(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / ".object.old-12345" / "half-deleted").mkdir(parents=True)  # a replace killed there
+    for version in ("old", "new"):
+        (work / "object").mkdir()
+        (work / "object" / "f").write_text(version)
+        replace(work / "object", out / "object")
+    assert [p.name for p in out.iterdir()] == ["object"]
+    assert (out / "object" / "f").read_text() == "new"
+    assert list(work.iterdir()) == []
