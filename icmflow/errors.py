@@ -35,10 +35,11 @@ class ProblemLog:
         self.on_error = on_error
         self.skipped: list[Skip] = []
 
-    def report(self, file: str, entry: str, reason: str) -> None:
+    def report(self, file: str, entry: str, reason: str, *, also_skipped: str = "") -> None:
+        """Raise, or record the skip; `also_skipped` says what else the skip leaves out."""
         if self.on_error == "raise":
             raise InputError(file, entry, reason)
-        skip = Skip(str(file), entry, reason)
+        skip = Skip(str(file), entry, f"{reason}; {also_skipped}" if also_skipped else reason)
         self.skipped.append(skip)
         log.warning("skipped %s: %s: %s", skip.file, skip.entry, skip.reason)
 

@@ -21,10 +21,17 @@ def remove(path: Path) -> None:
 
 
 def replace(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing whatever `dst` was; the last step is one rename."""
+    """Move `src` to `dst`, replacing whatever `dst` was; the last step is one rename.
+
+    The old `dst` goes beside `src` to be deleted, so a run killed while deleting it leaves the
+    remains among `src`'s work in progress, never beside `dst` (a folder later stages read);
+    the next replace from there clears them.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in src.parent.glob(f".{dst.name}.old-*"):  # from a replace killed halfway
+        remove(stale)
     if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        trash = src.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, trash)
         os.replace(src, dst)
         remove(trash)

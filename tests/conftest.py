@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from icmflow.coding.checkpoint import save_checkpoint
+from icmflow.coding.registry import create_model
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
-from icmflow.datasets.sample import write_sample_coco
+from icmflow.datasets.sample import write_sample
 from icmflow.errors import ProblemLog
 from icmflow.masks.build import build_object_masks
 
@@ -44,6 +45,18 @@ def save_codec(model, path: Path, model_args: dict) -> Path:
     return path
 
 
+def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
+    return build_object_masks(
+        dataset,
+        out,
+        work=out.with_name(out.name + ".work"),
+        source=source,
+        include_crowd=crowd,
+        images_per_shard=per_shard,
+        client=client,
+    )
+
+
 def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:
     prepared = prepare_coco(annotations, images, ProblemLog("raise"), workers=2)
     path = tmp / f"{name}.json"
@@ -52,10 +65,16 @@ def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> Prep
 
 
 @pytest.fixture(scope="session")
-def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sample") / "coco"
-    write_sample_coco(root, train_images=10, val_images=5, seed=0)
+def sample_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample in every layout: coco/, visdrone/, cityscapes/, yolo/."""
+    root = tmp_path_factory.mktemp("sample")
+    write_sample(root, train_images=10, val_images=5, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_root(sample_layouts: Path) -> Path:
+    return sample_layouts / "coco"
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +103,12 @@ def sample_masks(sample_prepared: dict, tmp_path_factory: pytest.TempPathFactory
             client=None,
         )
     return stores
+
+
+@pytest.fixture(scope="module")
+def codec():
+    """An untrained codec, ready to code (its CDF tables built)."""
+    torch.manual_seed(0)
+    model = create_model("bmshj2018-hyperprior", N=16, M=16).eval()
+    model.update(force=True)
+    return model

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from icmflow.coding.bitstream import Bitstream, pack, unpack
 from icmflow.coding.codec import compress_image, decompress_image
@@ -13,14 +12,6 @@ from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.parallel import dask_client
 from tests.conftest import save_codec
-
-
-@pytest.fixture(scope="module")
-def codec():
-    torch.manual_seed(0)
-    model = create_model("bmshj2018-hyperprior", N=16, M=16).eval()
-    model.update(force=True)
-    return model
 
 
 def test_bitstream_round_trip_and_truncation():

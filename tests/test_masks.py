@@ -4,15 +4,17 @@ import math
 import numpy as np
 import pytest
 import zarr
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from zarr.storage import LocalStore, LoggingStore
 
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.errors import InputError
-from icmflow.masks.build import build_object_masks, build_store
+from icmflow.masks.build import build_store
+from icmflow.masks.rle import annotation_rle
 from icmflow.masks.store import IncompleteStoreError, MaskStore, create_store, write_shard
 from icmflow.parallel import dask_client
-from tests.conftest import prepare_split, real_sample
+from tests.conftest import build, prepare_split, real_sample
 
 
 def pycocotools_union(coco: COCO, image_id: int, include_crowd: bool = True) -> np.ndarray:
@@ -31,18 +33,6 @@ def assert_identical_to_pycocotools(dataset: PreparedDataset, store: MaskStore, 
         np.testing.assert_array_equal(
             store.mask(image_id), pycocotools_union(coco, image_id, crowd)
         )
-
-
-def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
-    return build_object_masks(
-        dataset,
-        out,
-        work=out.with_name(out.name + ".work"),
-        source=source,
-        include_crowd=crowd,
-        images_per_shard=per_shard,
-        client=client,
-    )
 
 
 def test_sample_masks_equal_pycocotools_union(sample_prepared, sample_masks):
@@ -91,6 +81,11 @@ def test_real_coco_voc3_masks_equal_pycocotools(tmp_path):
     assert len(dataset.data["annotations"]) == 12
     out = build(dataset.data, tmp_path / "voc3.zarr")
     assert_identical_to_pycocotools(dataset, MaskStore(out))
+    coco = COCO(str(dataset.path))
+    for ann in coco.loadAnns(coco.getAnnIds()):  # each of the 12 instances on its own, too
+        info = coco.imgs[ann["image_id"]]
+        ours = mask_utils.decode(annotation_rle(ann, info["height"], info["width"]))
+        np.testing.assert_array_equal(ours, coco.annToMask(ann))
 
 
 def test_polygon_outside_image_leaves_no_store(sample_prepared, tmp_path):

@@ -81,7 +81,17 @@ def test_repro_builds_the_report(project):
     assert len(rows) == 1 + 6
     bd = json.loads((report / "bd_rate.json").read_text())
     assert {b["quality"] for b in bd} == {"psnr", "object_psnr", "ms_ssim"}
-    assert (project / "data" / "masks" / "sample" / "object" / "val.zarr" / "zarr.json").is_file()
+    for dataset, format in (
+        ("sample", "coco"),
+        ("sample-visdrone", "visdrone"),
+        ("sample-cityscapes", "cityscapes"),
+        ("sample-yolo", "yolo"),
+    ):  # the demo runs every reader
+        report = json.loads((project / "data" / "prepared" / dataset / "report.json").read_text())
+        assert report["format"] == format and report["splits"]["val"]["images"] == 3
+        assert (
+            project / "data" / "masks" / dataset / "object" / "val.zarr" / "zarr.json"
+        ).is_file()
     provenance = json.loads((project / "models" / "object-0.1" / "provenance.json").read_text())
     assert provenance["params"]["codec"] == "object-0.1" and provenance["packages"]["compressai"]
 

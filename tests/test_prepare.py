@@ -88,9 +88,12 @@ def test_polygon_outside_the_image(copy):
     problems = ProblemLog("skip")
     prepared = prepare_coco(annotations, images, problems)
     assert len(problems.skipped) == 1
-    assert (
-        len(prepared["annotations"]) == len(json.loads(annotations.read_text())["annotations"]) - 1
-    )
+    assert "is left out too, so that no mask misses an object" in problems.skipped[0].reason
+    coco = json.loads(annotations.read_text())
+    victim = coco["annotations"][polygon_index]["image_id"]  # its mask would miss the object
+    assert victim not in {im["id"] for im in prepared["images"]}
+    kept = [a for a in coco["annotations"] if a["image_id"] != victim]
+    assert [a["id"] for a in prepared["annotations"]] == [a["id"] for a in kept]
 
 
 def test_size_mismatch(copy):

@@ -5,7 +5,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from icmflow.datasets.images import read_rgb
-from icmflow.datasets.sample import write_sample_coco
+from icmflow.datasets.sample import write_sample
 
 
 def digest(folder) -> dict:
@@ -17,11 +17,18 @@ def digest(folder) -> dict:
 
 
 def test_sample_is_deterministic(tmp_path):
-    write_sample_coco(tmp_path / "a", train_images=6, val_images=3, seed=3)
-    write_sample_coco(tmp_path / "b", train_images=6, val_images=3, seed=3)
-    write_sample_coco(tmp_path / "c", train_images=6, val_images=3, seed=4)
+    write_sample(tmp_path / "a", train_images=6, val_images=3, seed=3)
+    write_sample(tmp_path / "b", train_images=6, val_images=3, seed=3)
+    write_sample(tmp_path / "c", train_images=6, val_images=3, seed=4)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
-    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+    assert {p.split("/")[0] for p in digest(tmp_path / "a")} == {
+        "coco",
+        "visdrone",
+        "cityscapes",
+        "yolo",
+    }
+    for layout in ("coco", "visdrone", "cityscapes", "yolo"):
+        assert digest(tmp_path / "a" / layout) != digest(tmp_path / "c" / layout)
 
 
 def test_sample_covers_the_cases_the_pipeline_must_handle(sample_root):

@@ -1,30 +1,79 @@
-"""Read a COCO instances JSON and its image folder, validate every entry, and normalise it.
+"""The normalised schema every reader produces: COCO instances, validated entry by entry.
+
+A reader (this module's `read_coco_json`, or `visdrone`, `cityscapes`, `yolo`) turns its layout
+into a `RawDataset`: a COCO dict plus, for each entry, the file and line it came from.
+`normalise` validates that dict against the image folder and returns the normalised dataset,
+so masks, training and evaluation never see a dataset-specific detail.
 
 The normalised schema is plain COCO (pycocotools and downstream tools read it unchanged) with:
 images sorted by id, every annotation carrying `bbox`, `area` and `iscrowd`, annotation ids >= 1
-(pycocotools' COCOeval treats id 0 as unmatched), and an `icmflow` block naming the image root.
+(pycocotools' COCOeval treats id 0 as unmatched), box-only annotations with an empty
+`segmentation` (their region is the box), and an `icmflow` block naming the image root, the
+source and its format.
 
-Geometry outside the image by more than `EDGE_TOLERANCE` pixels is rejected, not clipped: a
-polygon far outside its image usually means the annotation belongs to another image or the JSON
-mixes up width and height, and clipping would hide that.
+Rules, whatever the reader:
+
+- Geometry outside the image by more than `EDGE_TOLERANCE` pixels is rejected, not clipped: a
+  polygon or box far outside its image usually means the annotation belongs to another image or
+  width and height are mixed up, and clipping would hide that. Within the tolerance it is kept;
+  masks clip it to the image.
+- An instance that covers no pixel (zero area) is rejected.
+- Each bad entry is an `InputError` naming the file and the entry, or (`on_error: skip`) a logged
+  skip. A skipped annotation takes its image with it, and duplicate image ids drop every image
+  sharing the id: otherwise an image's mask would silently miss an object or gain another
+  image's objects.
 """
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from icmflow.datasets.images import read_rgb, read_size
+from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb, undecodable
 from icmflow.errors import InputError, ProblemLog
 from icmflow.masks.rle import annotation_rle, rle_area_and_bbox
 
 EDGE_TOLERANCE = 1.0
 """Pixels by which polygon and box coordinates may lie outside the image (COCO rounds so)."""
+
+Origin = tuple[str, str]
+"""(file, entry) naming where an image or annotation entry was read."""
+
+
+@dataclass
+class RawDataset:
+    """A reader's output: a COCO dict before validation, and where each of its entries came from.
+
+    `image_origins[i]` and `annotation_origins[j]` name the file and entry that
+    `coco["images"][i]` and `coco["annotations"][j]` were read from, so problems found during
+    validation name them; None: positions in the COCO JSON `source`. `counts` are the reader's
+    own tallies for the prepare report (e.g. ignored regions kept as crowd or dropped).
+    """
+
+    coco: dict
+    source: Path
+    format: str = "coco"
+    image_origins: list[Origin] | None = None
+    annotation_origins: list[Origin] | None = None
+    categories_from: str = "the JSON's categories"
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def image_origin(self, index: int) -> Origin:
+        if self.image_origins is not None:
+            return self.image_origins[index]
+        return str(self.source), _entry("images", index, self.coco["images"][index], "file_name")
+
+    def annotation_origin(self, index: int) -> Origin:
+        if self.annotation_origins is not None:
+            return self.annotation_origins[index]
+        ann = self.coco["annotations"][index]
+        return str(self.source), _entry("annotations", index, ann, "image_id")
 
 
 def load_json(path: Path) -> Any:
@@ -33,6 +82,8 @@ def load_json(path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(path, "", "file not found; check the path in params.yaml") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", "not UTF-8 text: is it a JSON file?") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -43,10 +94,22 @@ def load_json(path: Path) -> Any:
         ) from None
 
 
-def _entry(kind: str, index: int, item: Any, *keys: str) -> str:
+def read_coco_json(path: Path) -> RawDataset:
+    """The COCO reader: an instances JSON as it is."""
+    coco = load_json(path)
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise InputError(
+            path, "", "not a COCO instances file: needs lists images, annotations, categories"
+        )
+    return RawDataset(coco, Path(path))
+
+
+def _entry(kind: str, index: int, item: Any, key: str) -> str:
     if not isinstance(item, dict):
         return f"{kind}[{index}]"
-    fields = ", ".join(f"{k}={item[k]!r}" for k in keys if k in item)
+    fields = ", ".join(f"{k}={item[k]!r}" for k in ("id", key) if k in item)
     return f"{kind}[{index}] ({fields})"
 
 
@@ -64,15 +127,6 @@ def _numbers(values: Any) -> np.ndarray | None:
 def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
     """Why this annotation's segmentation or box does not fit a `width`×`height` image, or None."""
     lo, hi_x, hi_y = -EDGE_TOLERANCE, width + EDGE_TOLERANCE, height + EDGE_TOLERANCE
-    bbox = annotation.get("bbox")
-    if bbox is not None:
-        if _numbers(bbox) is None or len(bbox) != 4:
-            return f"bbox must be [x, y, w, h], got {bbox!r}"
-        x, y, w, h = bbox
-        if w < 0 or h < 0:
-            return f"bbox has a negative size: {bbox}"
-        if x < lo or y < lo or x + w > hi_x or y + h > hi_y:
-            return f"bbox {bbox} lies outside the {width}x{height} image"
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
         for k, polygon in enumerate(segmentation):
@@ -100,108 +154,168 @@ def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
         return (
             f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}"
         )
+    bbox = annotation.get("bbox")  # after the segmentation: its problem says more
+    if bbox is not None:
+        if _numbers(bbox) is None or len(bbox) != 4:
+            return f"bbox must be [x, y, w, h], got {bbox!r}"
+        x, y, w, h = bbox
+        if w < 0 or h < 0:
+            return f"bbox has a negative size: {bbox}"
+        if x < lo or y < lo or x + w > hi_x or y + h > hi_y:
+            return f"bbox {bbox} lies outside the {width}x{height} image"
     if not segmentation and bbox is None:
         return "annotation has neither a segmentation nor a bbox"
     return None
 
 
-def _check_image_entries(path: Path, images: list, problems: ProblemLog) -> list[dict]:
-    seen: set[int] = set()
-    kept = []
+def _describe_ids(ids: set) -> str:
+    ordered = sorted(ids)
+    if len(ordered) <= 12:
+        return ", ".join(map(str, ordered)) or "none"
+    return f"{ordered[0]}..{ordered[-1]} ({len(ordered)} ids)"
+
+
+def _image_entry_problem(image: Any) -> str | None:
+    if not isinstance(image, dict):
+        return "image entry must be an object"
+    missing = [k for k in ("id", "file_name", "width", "height") if k not in image]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if not all(isinstance(image[k], int) and image[k] > 0 for k in ("width", "height")):
+        return "width and height must be positive integers"
+    if not isinstance(image["id"], int):
+        return "id must be an integer"
+    return None
+
+
+def _check_image_entries(raw: RawDataset, problems: ProblemLog) -> list[int]:
+    """Indices of well-formed image entries whose id no other entry uses."""
+    images = raw.coco["images"]
+    well_formed = []
     for i, image in enumerate(images):
-        entry = _entry("images", i, image, "id", "file_name")
-        if not isinstance(image, dict):
-            problems.report(str(path), entry, "image entry must be an object")
-            continue
-        missing = [k for k in ("id", "file_name", "width", "height") if k not in image]
-        if missing:
-            problems.report(str(path), entry, f"missing field(s) {', '.join(missing)}")
-            continue
-        if not all(isinstance(image[k], int) and image[k] > 0 for k in ("width", "height")):
-            problems.report(str(path), entry, "width and height must be positive integers")
-            continue
-        if not isinstance(image["id"], int):
-            problems.report(str(path), entry, "id must be an integer")
-            continue
-        if image["id"] in seen:
-            problems.report(str(path), entry, f"duplicate image id {image['id']}")
-            continue
-        seen.add(image["id"])
-        kept.append(image)
-    return kept
+        problem = _image_entry_problem(image)
+        if problem:
+            problems.report(*raw.image_origin(i), problem)
+        else:
+            well_formed.append(i)
+    by_id: dict[int, list[int]] = {}
+    for i in well_formed:
+        by_id.setdefault(images[i]["id"], []).append(i)
+    for image_id, indices in by_id.items():
+        for i in indices[1:]:
+            first = " ".join(raw.image_origin(indices[0]))
+            problems.report(
+                *raw.image_origin(i),
+                f"duplicate image id {image_id} (also {first}): its annotations cannot be "
+                "attributed to one image; give every image its own id",
+                also_skipped=f"all {len(indices)} images with id {image_id} are left out",
+            )
+    return [i for i in well_formed if len(by_id[images[i]["id"]]) == 1]
 
 
 def _image_file_problem(file: Path, width: int, height: int, decode: bool) -> str | None:
     if not file.is_file():
         return f"image file not found: {file}"
     try:
+        header = read_header(file)
         if decode:
             pixels = read_rgb(file)
             actual = (pixels.shape[1], pixels.shape[0])
         else:
-            actual = read_size(file)
+            actual = (header.width, header.height)
     except Exception as err:  # PIL raises many types for corrupt files
-        return f"image file {file} cannot be decoded ({err}); replace or remove it"
+        return undecodable(file, err)
     if actual != (width, height):
-        return f"image {file} is {actual[0]}x{actual[1]} but the JSON says {width}x{height}"
+        problem = f"image {file} is {actual[0]}x{actual[1]} but the JSON says {width}x{height}"
+        if header.orientation in SWAPS_SIDES and actual == (height, width):
+            problem += (
+                f"; {header.orientation_note()}: width, height and annotations must refer to "
+                "the stored pixels (or rotate the file's pixels and remove the tag)"
+            )
+        return problem
     return None
 
 
 def _check_image_files(
-    path: Path,
-    images: list[dict],
+    raw: RawDataset,
+    indices: list[int],
     image_root: Path,
     problems: ProblemLog,
     decode: bool,
     workers: int,
-) -> list[dict]:
-    def check(image: dict) -> str | None:
+) -> list[int]:
+    images = raw.coco["images"]
+
+    def check(i: int) -> str | None:
+        image = images[i]
         return _image_file_problem(
             image_root / image["file_name"], image["width"], image["height"], decode
         )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
-            tqdm(pool.map(check, images), total=len(images), desc="check images", unit="img")
+            tqdm(pool.map(check, indices), total=len(indices), desc="check images", unit="img")
         )
     kept = []
-    for i, (image, problem) in enumerate(zip(images, results, strict=True)):
+    for i, problem in zip(indices, results, strict=True):
         if problem:
-            problems.report(str(path), _entry("images", i, image, "id", "file_name"), problem)
+            problems.report(*raw.image_origin(i), problem)
         else:
-            kept.append(image)
+            kept.append(i)
     return kept
+
+
+def _annotation_problem(ann: dict, image: dict, categories: set, raw: RawDataset) -> str | None:
+    if ann["category_id"] not in categories:
+        return (
+            f"unknown category_id {ann['category_id']} ({raw.categories_from}: "
+            f"{_describe_ids(categories)}); correct it or add the category"
+        )
+    problem = geometry_problem(ann, image["width"], image["height"])
+    if problem:
+        return problem
+    if rle_area_and_bbox(annotation_rle(ann, image["height"], image["width"]))[0] == 0:
+        return "the instance covers no pixel (zero area): fix its geometry or remove it"
+    return None
 
 
 def _check_annotations(
-    path: Path,
-    annotations: list,
-    images: dict[int, dict],
-    dropped_images: set[int],
-    category_ids: set[int],
-    problems: ProblemLog,
-) -> list[dict]:
-    kept = []
-    for j, ann in enumerate(annotations):
-        entry = _entry("annotations", j, ann, "id", "image_id")
-        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-            problems.report(str(path), entry, "annotation needs image_id and category_id")
+    raw: RawDataset, images: dict[int, dict], dropped_images: set[int], problems: ProblemLog
+) -> tuple[list[dict], set[int]]:
+    """The valid annotations, and the ids of images that lost one (they must go too)."""
+    categories = {c["id"] for c in raw.coco["categories"] if isinstance(c, dict) and "id" in c}
+    kept, spoilt = [], set()
+    for j, ann in enumerate(raw.coco["annotations"]):
+        if not (
+            isinstance(ann, dict)
+            and isinstance(ann.get("image_id"), int)
+            and isinstance(ann.get("category_id"), int)
+        ):
+            problems.report(
+                *raw.annotation_origin(j), "annotation needs an integer image_id and category_id"
+            )
             continue
-        if ann["image_id"] in dropped_images:
+        image_id = ann["image_id"]
+        if image_id in dropped_images:
             continue  # its image was skipped already; that skip is logged
-        image = images.get(ann["image_id"])
+        image = images.get(image_id)
         if image is None:
-            problems.report(str(path), entry, f"image_id {ann['image_id']} is not in images")
+            problems.report(*raw.annotation_origin(j), f"image_id {image_id} is not in images")
             continue
-        if ann["category_id"] not in category_ids:
-            problems.report(str(path), entry, f"unknown category_id {ann['category_id']}")
-            continue
-        problem = geometry_problem(ann, image["width"], image["height"])
+        problem = _annotation_problem(ann, image, categories, raw)
         if problem:
-            problems.report(str(path), entry, problem)
+            problems.report(
+                *raw.annotation_origin(j),
+                problem,
+                also_skipped=(
+                    f"its image id={image_id} ({image['file_name']}) is left out too, so that "
+                    "no mask misses an object"
+                ),
+            )
+            spoilt.add(image_id)
             continue
         kept.append(ann)
-    return kept
+    return [a for a in kept if a["image_id"] not in spoilt], spoilt
 
 
 def _normalise_annotation(ann: dict, image: dict) -> dict:
@@ -228,40 +342,30 @@ def _renumber_if_needed(annotations: list[dict]) -> None:
             ann["id"] = new_id
 
 
-def prepare_coco(
-    annotations_path: Path,
+def normalise(
+    raw: RawDataset,
     image_root: Path,
     problems: ProblemLog,
     *,
     decode_images: bool = True,
     workers: int = 4,
 ) -> dict:
-    """Validate a COCO instances JSON against its image folder and return the normalised dict.
+    """Validate a reader's COCO dict against its image folder; the normalised dataset.
 
     Each bad entry goes to `problems`: an `InputError` naming the file and the entry, or a logged
     skip. A skipped image takes its annotations with it.
     """
-    annotations_path = Path(annotations_path)
-    coco = load_json(annotations_path)
-    if not isinstance(coco, dict) or not all(
-        isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")
-    ):
-        raise InputError(
-            annotations_path,
-            "",
-            "not a COCO instances file: needs lists images, annotations, categories",
-        )
-    categories = coco["categories"]
-    category_ids = {c["id"] for c in categories if isinstance(c, dict) and "id" in c}
-    listed = _check_image_entries(annotations_path, coco["images"], problems)
-    images = _check_image_files(
-        annotations_path, listed, Path(image_root), problems, decode_images, workers
-    )
-    by_id = {image["id"]: image for image in images}
-    dropped = {image["id"] for image in listed} - set(by_id)
-    annotations = _check_annotations(
-        annotations_path, coco["annotations"], by_id, dropped, category_ids, problems
-    )
+    coco = raw.coco
+    listed = _check_image_entries(raw, problems)
+    valid = _check_image_files(raw, listed, Path(image_root), problems, decode_images, workers)
+    by_id = {coco["images"][i]["id"]: coco["images"][i] for i in valid}
+    dropped = {  # ids of the images left out (reported): their annotations go with them
+        image["id"]
+        for image in coco["images"]
+        if isinstance(image, dict) and isinstance(image.get("id"), int)
+    } - set(by_id)
+    annotations, spoilt = _check_annotations(raw, by_id, dropped, problems)
+    images = [image for image_id, image in by_id.items() if image_id not in spoilt]
     normalised = [_normalise_annotation(a, by_id[a["image_id"]]) for a in annotations]
     normalised.sort(key=lambda a: (a["image_id"], a["id"] if isinstance(a["id"], int) else 0))
     _renumber_if_needed(normalised)
@@ -273,9 +377,31 @@ def prepare_coco(
             for image in sorted(images, key=lambda im: im["id"])
         ],
         "annotations": normalised,
-        "categories": categories,
-        "icmflow": {"image_root": str(image_root), "source": str(annotations_path)},
+        "categories": coco["categories"],
+        "icmflow": {
+            "image_root": str(image_root),
+            "source": str(raw.source),
+            "format": raw.format,
+        },
     }
+
+
+def prepare_coco(
+    annotations_path: Path,
+    image_root: Path,
+    problems: ProblemLog,
+    *,
+    decode_images: bool = True,
+    workers: int = 4,
+) -> dict:
+    """Read, validate and normalise a COCO instances JSON and its image folder."""
+    return normalise(
+        read_coco_json(Path(annotations_path)),
+        image_root,
+        problems,
+        decode_images=decode_images,
+        workers=workers,
+    )
 
 
 def annotations_by_image(dataset: dict) -> dict[int, list[dict]]:

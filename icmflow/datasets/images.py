@@ -1,14 +1,20 @@
 """Decoding image files into the one pixel format the pipeline uses: H×W×3 uint8 RGB.
 
-Images are taken in their *stored* orientation: EXIF orientation tags are not applied, because
-COCO's `width`/`height` and annotation coordinates refer to the stored pixels (as pycocotools and
-the COCO evaluation server read them). Every stage (masks, training, encoding, evaluation) reads
-pixels through `read_rgb`, so the convention holds everywhere.
+Orientation: images are taken in their *stored* orientation. EXIF orientation tags are never
+applied, because COCO's `width`/`height` and annotation coordinates refer to the stored pixels
+(as pycocotools, torchvision's COCO reader and the COCO evaluation server read them). Every stage
+(prepare's size checks, masks, training, encoding, evaluation) goes through `read_header` or
+`read_rgb`, so annotations, masks and pixels always agree on the stored pixel grid. Readers whose
+annotations do not record the image size (YOLO's normalised labels, VisDrone's boxes) refuse
+images carrying an orientation tag: their labels may have been drawn on the rotated view.
+
+Colour: every mode becomes 8-bit RGB the same way for every stage (see `to_rgb8`).
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +22,49 @@ from PIL import Image
 
 from icmflow.files import write_bytes
 
+EXIF_ORIENTATION = 0x0112
+SWAPS_SIDES = frozenset({5, 6, 7, 8})
+"""EXIF orientations that rotate by 90° or 270°: displayed, width and height swap."""
+VIEWS = {
+    2: "mirrored",
+    3: "rotated by 180°",
+    4: "upside down",
+    5: "mirrored and rotated by 90°",
+    6: "rotated by 90°",
+    7: "mirrored and rotated by 90°",
+    8: "rotated by 90°",
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image file says about itself without decoding its pixels."""
+
+    width: int
+    height: int
+    orientation: int
+    """EXIF orientation tag, 1 (or absent) meaning the stored pixels are displayed as they are."""
+
+    def orientation_note(self) -> str:
+        """A sentence on the EXIF orientation, empty when there is none to worry about."""
+        if self.orientation == 1:
+            return ""
+        shown = VIEWS[self.orientation]
+        if self.orientation in SWAPS_SIDES:
+            shown += f", as {self.height}x{self.width}"
+        return (
+            f"its EXIF orientation tag is {self.orientation} (viewers show it {shown}); icmflow "
+            f"reads the stored {self.width}x{self.height} pixels and ignores the tag"
+        )
+
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode to H×W×3 uint8 RGB.
 
     Grayscale is replicated to three channels, palette images are expanded, alpha is dropped
-    (not composited), and 16/32-bit integer images keep their 8 most significant bits.
+    (not composited: the stored colours are kept), and 16-bit samples keep their 8 most
+    significant bits (PIL reads 16-bit RGB PNGs the same way, so 16-bit gray and 16-bit RGB
+    agree).
     """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         gray = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
@@ -42,10 +85,16 @@ def read_rgb(path: Path | str) -> np.ndarray:
         return to_rgb8(image)
 
 
-def read_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def read_header(path: Path | str) -> Header:
+    """Stored size and EXIF orientation from the file header, without decoding the pixels."""
     with Image.open(path) as image:
-        return image.size
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        return Header(image.width, image.height, orientation if orientation in range(1, 9) else 1)
+
+
+def undecodable(file: Path | str, error: Exception) -> str:
+    """The problem report for an image file PIL cannot read."""
+    return f"image file {file} cannot be decoded ({error}); replace or remove it"
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

@@ -5,6 +5,11 @@ stars and boxes with saturated striped textures). Objects are painted through th
 from their own annotations, so the ground truth is exact. Segmentations are polygons and, for
 every third object, compressed RLE; every fifth image has no objects; the val split holds one
 crowd annotation (uncompressed RLE, `iscrowd: 1`).
+
+`write_sample` also writes the same images and objects in the other layouts icmflow reads, with
+the shapes standing for classes of those datasets (`LAYOUT_CLASSES`): VisDrone (boxes; the crowd
+region as an ignored region), Cityscapes (instance and label id PNGs; the crowd region as group
+pixels) and YOLO (polygons as segment rows, RLE objects as box rows; no crowd).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from icmflow.datasets.cityscapes import write_cityscapes
 from icmflow.datasets.images import write_png
+from icmflow.datasets.visdrone import IGNORED_CATEGORY, write_visdrone
+from icmflow.datasets.yolo import write_dataset_yaml, write_yolo
 from icmflow.files import write_json
 from icmflow.masks.rle import uncompressed_rle
 
@@ -28,6 +36,12 @@ CATEGORIES = [
     {"id": 3, "name": "box", "supercategory": "shape"},
 ]
 SPLITS = ("train", "val")
+LAYOUT_CLASSES = {
+    "visdrone": {1: 1, 2: 4, 3: 6},  # pedestrian, car, truck
+    "cityscapes": {1: 24, 2: 26, 3: 33},  # person, car, bicycle
+    "yolo": {1: 0, 2: 1, 3: 2},  # class indices; names as in CATEGORIES
+}
+"""The category id each layout gives the sample's disc (1), star (2) and box (3)."""
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -162,10 +176,16 @@ def make_split(
     return coco, pixels
 
 
-def write_sample_coco(out: Path, *, train_images: int, val_images: int, seed: int) -> None:
-    """Write `out/annotations/instances_{split}.json` and `out/{split}/*.png`."""
-    for split, n in (("train", train_images), ("val", val_images)):
-        coco, pixels = make_split(split, n, seed, first_id=1 if split == "train" else 100_001)
+def _splits(train_images: int, val_images: int, seed: int) -> dict[str, tuple[dict, list]]:
+    return {
+        split: make_split(split, n, seed, first_id=1 if split == "train" else 100_001)
+        for split, n in (("train", train_images), ("val", val_images))
+    }
+
+
+def _write_coco(out: Path, splits: dict[str, tuple[dict, list]]) -> None:
+    """`out/annotations/instances_{split}.json` and `out/{split}/*.png`."""
+    for split, (coco, pixels) in splits.items():
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         for image, rgb in tqdm(
@@ -173,3 +193,29 @@ def write_sample_coco(out: Path, *, train_images: int, val_images: int, seed: in
         ):
             write_png(folder / image["file_name"], rgb)
         write_json(out / "annotations" / f"instances_{split}.json", coco)
+
+
+def in_layout(coco: dict, layout: str) -> dict:
+    """The split's COCO dict with the category ids of `layout` (VisDrone crowd: ignored region)."""
+    classes = LAYOUT_CLASSES[layout]
+    annotations = []
+    for ann in coco["annotations"]:
+        category = classes[ann["category_id"]]
+        if layout == "visdrone" and ann["iscrowd"]:
+            category = IGNORED_CATEGORY
+        annotations.append({**ann, "category_id": category})
+    return {**coco, "annotations": annotations}
+
+
+def write_sample(out: Path, *, train_images: int, val_images: int, seed: int) -> None:
+    """The sample in every layout: `out/coco`, `out/visdrone`, `out/cityscapes`, `out/yolo`."""
+    splits = _splits(train_images, val_images, seed)
+    _write_coco(out / "coco", splits)
+    for split, (coco, pixels) in splits.items():
+        write_visdrone(out / "visdrone" / split, in_layout(coco, "visdrone"), pixels)
+        write_cityscapes(out / "cityscapes", split, in_layout(coco, "cityscapes"), pixels)
+        write_yolo(out / "yolo", split, in_layout(coco, "yolo"), pixels)
+    names = {LAYOUT_CLASSES["yolo"][c["id"]]: c["name"] for c in CATEGORIES}
+    write_dataset_yaml(
+        out / "yolo" / "dataset.yaml", names, {split: f"images/{split}" for split in splits}
+    )

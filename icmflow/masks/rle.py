@@ -19,7 +19,8 @@ def annotation_rle(annotation: dict, height: int, width: int) -> dict:
         if isinstance(segmentation["counts"], list):
             return mask_utils.frPyObjects(segmentation, height, width)
         return segmentation
-    return mask_utils.frPyObjects([list(annotation["bbox"])], height, width)[0]
+    box = np.asarray([annotation["bbox"]], dtype=np.float64)  # a list of boxes is refused
+    return mask_utils.frPyObjects(box, height, width)[0]
 
 
 def uncompressed_rle(mask: np.ndarray) -> dict:

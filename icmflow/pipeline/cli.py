@@ -50,13 +50,13 @@ def _run(stage: str, *args: str) -> None:
 
 @app.command()
 def sample() -> None:
-    """Write the embedded sample dataset (COCO format) to data/sample."""
+    """Write the sample dataset to data/sample: COCO, VisDrone, Cityscapes and YOLO layouts."""
     _run("sample")
 
 
 @app.command()
 def prepare(dataset: Dataset) -> None:
-    """Validate a dataset and write its normalised COCO JSON per split to data/prepared."""
+    """Read any dataset format, validate it, write its normalised COCO JSON to data/prepared."""
     _run("prepare", dataset)
 
 

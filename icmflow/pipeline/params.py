@@ -10,10 +10,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from icmflow.training import MASK_OF_LOSS
 
@@ -54,20 +63,80 @@ class SampleParams(Section):
 
 
 class SplitParams(Section):
-    annotations: str = Field(description="COCO instances JSON, relative to the dataset root")
+    annotations: str = Field(
+        description="relative to the dataset root: the COCO instances JSON (coco), or the "
+        "folder of annotations/ (visdrone), labels/<split> (yolo), gtFine/<split> (cityscapes)"
+    )
     images: str = Field(description="image folder, relative to the dataset root")
 
 
-class DatasetParams(Section):
-    format: Literal["coco"] = "coco"
+class DatasetBase(Section):
     root: str = Field(description="folder holding the dataset; DVC tracks it as a dependency")
     splits: dict[str, SplitParams]
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
-        """(annotations JSON, image folder) of `split`."""
+        """(annotations file or folder, image folder) of `split`."""
         root = Path(self.root)
         entry = self.splits[split]
         return root / entry.annotations, root / entry.images
+
+    def reader_options(self) -> dict[str, Any]:
+        """The format's own reader arguments."""
+        return {}
+
+
+class CocoDataset(DatasetBase):
+    format: Literal["coco"] = "coco"
+
+
+class WithIgnoredRegions(DatasetBase):
+    ignored_regions: Literal["crowd", "drop"] = Field(
+        "crowd",
+        description="regions neither object nor background (README, Datasets): kept as crowd "
+        "annotations (masks.crowd decides their pixels) or dropped",
+    )
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"ignored_regions": self.ignored_regions}
+
+
+class VisDroneDataset(WithIgnoredRegions):
+    format: Literal["visdrone"]
+
+
+class CityscapesDataset(WithIgnoredRegions):
+    format: Literal["cityscapes"]
+
+
+class YoloDataset(DatasetBase):
+    format: Literal["yolo"]
+    dataset_yaml: str = Field(description="ultralytics dataset YAML with `names`, from the root")
+
+    def reader_options(self) -> dict[str, Any]:
+        return {"dataset_yaml": Path(self.root) / self.dataset_yaml}
+
+
+DATASET_FORMATS = ("coco", "visdrone", "cityscapes", "yolo")
+
+
+def _format_of(dataset: Any) -> str | None:
+    if isinstance(dataset, dict):
+        return dataset.get("format", "coco")
+    return getattr(dataset, "format", None)
+
+
+DatasetParams = Annotated[
+    Annotated[CocoDataset, Tag("coco")]
+    | Annotated[VisDroneDataset, Tag("visdrone")]
+    | Annotated[CityscapesDataset, Tag("cityscapes")]
+    | Annotated[YoloDataset, Tag("yolo")],
+    Discriminator(
+        _format_of,
+        custom_error_type="dataset_format",
+        custom_error_message=f"format must be one of {', '.join(DATASET_FORMATS)}",
+    ),
+]
+"""A dataset entry; `format` (default coco) selects the reader and the options it takes."""
 
 
 class PrepareParams(Section):
@@ -232,13 +301,19 @@ class Params(Section):
 
 
 def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = [str(part) for part in error["loc"]]
+    suffix = ""
+    if len(loc) > 2 and loc[0] == "datasets" and loc[2] in DATASET_FORMATS:
+        suffix = f" (a {loc.pop(2)} dataset)"  # the union's tag: say it, not as a key
+    where = ".".join(loc) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key (misspelt?)"
+    elif error["type"] == "dataset_format":
+        message += f" (got {error['input'].get('format')!r})"
     elif "input" in error and error["type"] != "missing":
         message += f" (got {error['input']!r})"
-    return f"  {where}: {message}"
+    return f"  {where}{suffix}: {message}"
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -1,11 +1,12 @@
-"""Stage `prepare@<dataset>`: validate and normalise every split, with a report of skips."""
+"""Stage `prepare@<dataset>`: read, validate and normalise every split, with a report of skips."""
 
 from __future__ import annotations
 
 import logging
 
-from icmflow.datasets.coco import prepare_coco
+from icmflow.datasets.coco import normalise
 from icmflow.datasets.prepared import write_prepared
+from icmflow.datasets.readers import read_split
 from icmflow.errors import ProblemLog
 from icmflow.files import atomic_directory, write_json
 from icmflow.pipeline.params import Params
@@ -17,14 +18,16 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, paths: Paths, dataset: str) -> None:
     source = params.dataset(dataset)
+    options = source.reader_options()
     problems = ProblemLog(params.prepare.on_error)
     final = paths.prepared(dataset)
     counts = {}
     with atomic_directory(final) as out:
         for split in source.splits:
             annotations, images = source.split_paths(split)
-            prepared = prepare_coco(
-                annotations,
+            raw = read_split(source.format, annotations, images, problems, **options)
+            prepared = normalise(
+                raw,
                 images,
                 problems,
                 decode_images=params.prepare.decode_images,
@@ -34,9 +37,19 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
             counts[split] = {
                 "images": len(prepared["images"]),
                 "annotations": len(prepared["annotations"]),
+                "crowd": sum(a["iscrowd"] for a in prepared["annotations"]),
+                **raw.counts,
             }
             log.info("%s/%s: %s", dataset, split, counts[split])
-        write_json(out / "report.json", {"splits": counts, "skipped": problems.as_records()})
+        write_json(
+            out / "report.json",
+            {
+                "format": source.format,
+                "options": {k: str(v) for k, v in options.items()},
+                "splits": counts,
+                "skipped": problems.as_records(),
+            },
+        )
         write_provenance(
             out,
             f"prepare@{dataset}",

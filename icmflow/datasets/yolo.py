@@ -1,0 +1,153 @@
+"""YOLO / ultralytics layout: `images/<split>/*.jpg` with `labels/<split>/*.txt` and a dataset YAML.
+
+Label rows are `class cx cy w h` (a box) or `class x1 y1 x2 y2 x3 y3 ...` (a polygon, ultralytics'
+segment format), coordinates normalised by the image's width and height; the two kinds may mix.
+Category ids are the class indices and their names come from the YAML's `names` (a list, or a
+mapping from index to name). An image without a label file has no objects, as ultralytics reads
+it. Coordinates are converted to pixels of the stored image (`images.py`), rounded to 1/1000
+pixel; a box's region is the box, a polygon's bbox is its extent. Ultralytics applies EXIF
+orientation when it loads images, so images with an orientation tag are refused (see
+`layouts.read_headers`) rather than masked in the wrong orientation. YOLO has no crowd
+annotations.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from icmflow.datasets.coco import RawDataset
+from icmflow.datasets.images import write_png
+from icmflow.datasets.layouts import RawBuilder, pair_with_labels, read_headers, read_rows
+from icmflow.errors import InputError, ProblemLog
+from icmflow.files import write_text
+
+DECIMALS = 6
+"""Digits written after the point by `write_yolo`, as ultralytics writes them."""
+
+
+def read_names(path: Path) -> dict[int, str]:
+    """Class index -> name from an ultralytics dataset YAML."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            path, "", "dataset YAML not found; check `dataset_yaml` in params.yaml"
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(path, "", f"not valid YAML ({err}); fix or export it again") from None
+    names = config.get("names") if isinstance(config, dict) else None
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not (
+        isinstance(names, dict)
+        and names
+        and all(isinstance(k, int) and k >= 0 and isinstance(v, str) for k, v in names.items())
+    ):
+        raise InputError(
+            path,
+            "names",
+            "needs `names`: a list of class names or a mapping {index: name}",
+        )
+    if "nc" in config and config["nc"] != len(names):
+        raise InputError(path, "nc", f"nc is {config['nc']} but names lists {len(names)} classes")
+    return names
+
+
+def _parse_row(line: str, width: int, height: int) -> dict | str:
+    """The row as a COCO annotation in pixels, or why it is not a YOLO row."""
+    values = line.split()
+    n = len(values)
+    if n != 5 and not (n >= 7 and n % 2 == 1):
+        return (
+            f"{n} values; a YOLO row is `class cx cy w h` (5) or a polygon "
+            "`class x1 y1 x2 y2 x3 y3 ...` (7 or more, odd); a short row means the file is "
+            "truncated"
+        )
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return f"values must be numbers, got {' '.join(values)!r}"
+    if not all(math.isfinite(v) for v in numbers):
+        return f"values must be finite, got {' '.join(values)!r}"
+    label, coords = numbers[0], numbers[1:]
+    if not (label.is_integer() and label >= 0):
+        return f"class must be a non-negative integer, got {values[0]!r}"
+    annotation: dict = {"category_id": int(label), "iscrowd": 0}
+    if n == 5:
+        cx, cy, w, h = coords
+        box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+        annotation.update(segmentation=[], bbox=[round(v, 3) for v in box])
+    else:
+        polygon = [round(v * (width if k % 2 == 0 else height), 3) for k, v in enumerate(coords)]
+        xs, ys = polygon[0::2], polygon[1::2]
+        box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        annotation.update(segmentation=[polygon], bbox=[round(v, 3) for v in box])
+    return annotation
+
+
+def read_yolo(
+    annotations: Path, images: Path, problems: ProblemLog, *, dataset_yaml: Path
+) -> RawDataset:
+    """One split: `images` (images/<split>) and `annotations` (labels/<split>)."""
+    names = read_names(dataset_yaml)
+    pairs = pair_with_labels(images, annotations, problems, label_required=False)
+    headers = read_headers(images, [image for image, _ in pairs], problems, refuse_orientation=True)
+    builder = RawBuilder()
+    unlabelled = 0
+    for image, label in tqdm(pairs, desc=f"read {annotations}", unit="img"):
+        if image not in headers:
+            continue
+        size = {"width": headers[image].width, "height": headers[image].height}
+        rows = [] if label is None else read_rows(label, problems, partial(_parse_row, **size))
+        if rows is not None:
+            builder.add(image, headers[image], (str(images / image), ""), rows)
+            unlabelled += label is None
+    categories = [{"id": k, "name": v, "supercategory": "yolo"} for k, v in sorted(names.items())]
+    return builder.build(
+        annotations,
+        "yolo",
+        categories,
+        f"names in {dataset_yaml}",
+        {"images_without_label_file": unlabelled},
+    )
+
+
+def _row(ann: dict, width: int, height: int) -> str:
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation, list) and len(segmentation) == 1:
+        coords = [v / (width if k % 2 == 0 else height) for k, v in enumerate(segmentation[0])]
+    else:  # RLE or several polygons: the box
+        x, y, w, h = ann["bbox"]
+        coords = [(x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
+    return " ".join([str(ann["category_id"]), *(f"{v:.{DECIMALS}f}" for v in coords)])
+
+
+def write_yolo(out: Path, split: str, coco: dict, pixels: list[np.ndarray]) -> None:
+    """Write `out/images/<split>/<stem>.png` and `out/labels/<split>/<stem>.txt` from a COCO dict.
+
+    Category ids must be class indices; crowd annotations are left out (YOLO has none);
+    single polygons become segment rows, everything else box rows.
+    """
+    rows: dict[int, list[str]] = {image["id"]: [] for image in coco["images"]}
+    sizes = {image["id"]: (image["width"], image["height"]) for image in coco["images"]}
+    for ann in coco["annotations"]:
+        if not ann["iscrowd"]:
+            rows[ann["image_id"]].append(_row(ann, *sizes[ann["image_id"]]) + "\n")
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    pairs = list(zip(coco["images"], pixels, strict=True))
+    for image, rgb in tqdm(pairs, desc=f"write yolo {split}", unit="img"):
+        stem = Path(image["file_name"]).stem
+        write_png(out / "images" / split / f"{stem}.png", rgb)
+        write_text(out / "labels" / split / f"{stem}.txt", "".join(rows[image["id"]]))
+
+
+def write_dataset_yaml(path: Path, names: dict[int, str], splits: dict[str, str]) -> None:
+    """An ultralytics dataset YAML: `path`, one entry per split, `names`."""
+    config = {"path": ".", **splits, "names": names}
+    write_text(path, yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,124 @@
+"""Tiny datasets in every layout icmflow reads, written by the layouts' own writers, to damage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from icmflow.datasets.cityscapes import IMAGE_SUFFIX, INSTANCE_SUFFIX, write_cityscapes
+from icmflow.datasets.coco import normalise
+from icmflow.datasets.images import write_png
+from icmflow.datasets.readers import read_split
+from icmflow.datasets.visdrone import write_visdrone
+from icmflow.datasets.yolo import write_dataset_yaml, write_yolo
+from icmflow.errors import ProblemLog
+
+FORMATS = ("coco", "visdrone", "yolo", "cityscapes")
+CATEGORY = {"coco": 1, "visdrone": 4, "yolo": 0, "cityscapes": 26}
+"""The one category every tiny object has: `thing`, VisDrone car, class 0, Cityscapes car."""
+SIZES = ((48, 32), (40, 40), (56, 24))
+BOXES = ((2, 3, 10, 8), (20, 10, 12, 9))
+
+
+@dataclass
+class Tiny:
+    """A split `val` of three images with two boxes each, in `format`'s layout under `root`."""
+
+    format: str
+    root: Path
+    coco: dict
+    pixels: list[np.ndarray]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def annotations(self) -> Path:
+        return (
+            self.root
+            / {
+                "coco": "annotations.json",
+                "visdrone": "val/annotations",
+                "yolo": "labels/val",
+                "cityscapes": "gtFine/val",
+            }[self.format]
+        )
+
+    @property
+    def images(self) -> Path:
+        return (
+            self.root
+            / {
+                "coco": "images",
+                "visdrone": "val/images",
+                "yolo": "images/val",
+                "cityscapes": "leftImg8bit/val",
+            }[self.format]
+        )
+
+    def image(self, index: int) -> Path:
+        """The file of image `index` (0-based)."""
+        if self.format == "cityscapes":
+            return self.images / "sample" / f"sample_{index + 1:06d}_000019{IMAGE_SUFFIX}"
+        return self.images / f"im{index + 1}.png"
+
+    def label(self, index: int) -> Path:
+        """The file holding image `index`'s annotations."""
+        if self.format == "coco":
+            return self.annotations
+        if self.format == "cityscapes":
+            name = self.image(index).name.removesuffix(IMAGE_SUFFIX) + INSTANCE_SUFFIX
+            return self.annotations / "sample" / name
+        return self.annotations / f"im{index + 1}.txt"
+
+    def prepare(self, on_error: str = "raise") -> tuple[dict, ProblemLog]:
+        problems = ProblemLog(on_error)
+        raw = read_split(self.format, self.annotations, self.images, problems, **self.options)
+        return normalise(raw, self.images, problems, workers=1), problems
+
+    def edit_json(self, change) -> None:
+        coco = json.loads(self.annotations.read_text())
+        change(coco)
+        self.annotations.write_text(json.dumps(coco))
+
+
+def tiny_coco(format: str, seed: int = 0) -> tuple[dict, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    images, annotations, pixels = [], [], []
+    for image_id, (w, h) in enumerate(SIZES, start=1):
+        images.append({"id": image_id, "file_name": f"im{image_id}.png", "width": w, "height": h})
+        pixels.append(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        for x, y, bw, bh in BOXES:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORY[format],
+                    "bbox": [float(x), float(y), float(bw), float(bh)],
+                    "area": bw * bh,
+                    "segmentation": [],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": CATEGORY[format], "name": "thing", "supercategory": "tiny"}]
+    return {"images": images, "annotations": annotations, "categories": categories}, pixels
+
+
+def write_tiny(format: str, root: Path) -> Tiny:
+    coco, pixels = tiny_coco(format)
+    tiny = Tiny(format, root, coco, pixels)
+    if format == "coco":
+        tiny.images.mkdir(parents=True)
+        for image, rgb in zip(coco["images"], pixels, strict=True):
+            write_png(tiny.images / image["file_name"], rgb)
+        tiny.annotations.write_text(json.dumps(coco))
+    elif format == "visdrone":
+        write_visdrone(root / "val", coco, pixels)
+    elif format == "yolo":
+        write_yolo(root, "val", coco, pixels)
+        write_dataset_yaml(root / "data.yaml", {0: "thing"}, {"val": "images/val"})
+        tiny.options = {"dataset_yaml": root / "data.yaml"}
+    else:
+        write_cityscapes(root, "val", coco, pixels)
+    return tiny
