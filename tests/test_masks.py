@@ -11,8 +11,8 @@ from zarr.storage import LocalStore, LoggingStore
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.errors import InputError
 from icmflow.masks.build import build_store
-from icmflow.masks.rle import annotation_rle
-from icmflow.masks.store import IncompleteStoreError, MaskStore, create_store, write_shard
+from icmflow.masks.rle import annotation_rle, decode
+from icmflow.masks.store import IncompleteStoreError, MaskStore, create_store, pack, write_shard
 from icmflow.parallel import dask_client
 from tests.conftest import build, prepare_split, real_sample
 
@@ -38,6 +38,28 @@ def assert_identical_to_pycocotools(dataset: PreparedDataset, store: MaskStore, 
 def test_sample_masks_equal_pycocotools_union(sample_prepared, sample_masks):
     for split in ("train", "val"):
         assert_identical_to_pycocotools(sample_prepared[split], MaskStore(sample_masks[split]))
+
+
+def rle_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    blobs = np.zeros((1500, 2000), dtype=bool)  # runs of millions: many characters per count
+    blobs[700:, 1200:] = True
+    return [
+        np.zeros((5, 7), dtype=bool),
+        np.ones((5, 7), dtype=bool),
+        np.eye(6, 9, dtype=bool),  # first run empty of ones, then shrinking differences
+        np.ones((1, 1), dtype=bool),
+        blobs,
+        *(rng.random((37, 53)) > p for p in (0.05, 0.5, 0.95)),  # differences of either sign
+    ]
+
+
+@pytest.mark.parametrize("mask", rle_cases(), ids=lambda m: f"{m.shape}-{m.mean():.2f}")
+def test_rle_decode_equals_pycocotools(mask):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    np.testing.assert_array_equal(decode(rle), mask_utils.decode(rle).astype(bool))
+    with pytest.raises(ValueError, match="do not cover"):
+        decode({"size": [mask.shape[0] + 1, mask.shape[1]], "counts": rle["counts"]})
 
 
 def test_crowd_can_be_excluded(sample_prepared, tmp_path):
@@ -116,7 +138,7 @@ def test_interrupted_build_resumes_without_recomputing(tmp_path):
         if payload[0] == fail_at:
             raise Interrupted
         computed.append(payload[0])
-        return [masks[i] for i in payload]
+        return [pack(masks[i]) for i in payload]
 
     common = dict(
         work=tmp_path / "w",
@@ -172,8 +194,8 @@ def test_shards_are_byte_identical_to_zarrs_own_writer(tmp_path):
     common = dict(image_ids=list(range(6)), heights=heights, widths=widths, images_per_shard=4)
     create_store(tmp_path / "ours.zarr", attrs={"fingerprint": "x"}, **common)
     create_store(tmp_path / "zarrs.zarr", attrs={"fingerprint": "x"}, **common)
-    write_shard(tmp_path / "ours.zarr", 0, masks[:4])
-    write_shard(tmp_path / "ours.zarr", 1, masks[4:])
+    write_shard(tmp_path / "ours.zarr", 0, [pack(m) for m in masks[:4]])
+    write_shard(tmp_path / "ours.zarr", 1, [pack(m) for m in masks[4:]])
     array = zarr.open_group(tmp_path / "zarrs.zarr", mode="r+")["mask"]
     block = np.zeros(array.shape, dtype=np.uint8)
     for i, mask in enumerate(masks):

@@ -10,6 +10,7 @@ from icmflow.coding.registry import create_model
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_store
+from icmflow.masks.store import pack
 from icmflow.training.data import MaskedCrops
 from icmflow.training.losses import RateDistortionLoss
 from icmflow.training.trainer import configure_optimizers, train_codec
@@ -71,7 +72,7 @@ def marked_dataset(tmp_path):
         heights=[m.shape[0] for m in masks],
         widths=[m.shape[1] for m in masks],
         payloads=[masks],
-        make_masks=lambda p: p,
+        make_masks=lambda p: [pack(m) for m in p],
         images_per_shard=3,
         attrs={"kind": "object", "fingerprint": "t"},
         client=None,

@@ -9,6 +9,7 @@ rename.
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,18 @@ from icmflow.datasets.images import read_rgb
 from icmflow.errors import InputError
 from icmflow.files import remove, replace
 from icmflow.masks.rle import object_mask
-from icmflow.masks.store import create_store, mark_complete, store_attrs, write_shard
+from icmflow.masks.store import create_store, mark_complete, pack, store_attrs, write_shard
 from icmflow.resume import WorkDir, fingerprint
 
 log = logging.getLogger(__name__)
 
 MaskMaker = Callable[[Any], list[np.ndarray]]
-"""Turns one shard's payload into that shard's masks, in image order. Must be picklable."""
+"""Turns one shard's payload into that shard's masks, `pack`ed (each as soon as it is made, so
+that a shard holds 1/8 of its masks' pixels in memory), in image order. Must be picklable."""
 
 
-def _run_shard(store: str, done_dir: str, shard: int, make_masks: MaskMaker, payload: Any) -> int:
-    masks = make_masks(payload)
+def _run_shard(store: str, done_dir: str, shard: int, make_masks: MaskMaker, payload: bytes) -> int:
+    masks = make_masks(pickle.loads(payload))
     write_shard(store, shard, masks)
     (Path(done_dir) / f"{shard:06d}").touch()
     return len(masks)
@@ -89,7 +91,9 @@ def build_store(
         )
         workdir.seal()
     todo = [s for s in range(n_shards) if not (done / f"{s:06d}").exists()]
-    tasks = [(str(store), str(done), s, make_masks, payloads[s]) for s in todo]
+    # Payloads travel pickled: dask would otherwise walk every list of every annotation looking
+    # for futures, which took longer than building the masks (benchmarks/masks.py).
+    tasks = [(str(store), str(done), s, make_masks, pickle.dumps(payloads[s])) for s in todo]
     finished = len(image_ids) - sum(
         min(images_per_shard, len(image_ids) - s * images_per_shard) for s in todo
     )
@@ -153,9 +157,8 @@ def _object_masks(payload: tuple[str, list[tuple[dict, list[dict]]], bool]) -> l
     masks = []
     for image, instances in images:
         check_geometry(source, image, instances)
-        masks.append(
-            object_mask(instances, image["height"], image["width"], include_crowd=include_crowd)
-        )
+        mask = object_mask(instances, image["height"], image["width"], include_crowd=include_crowd)
+        masks.append(pack(mask))
     return masks
 
 

@@ -45,6 +45,7 @@ from torchvision.ops import batched_nms
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_store, read_image
 from icmflow.masks.sam import SamRunner, SamSpec, sam_session
+from icmflow.masks.store import pack
 from icmflow.resume import fingerprint
 
 STABILITY_SCORE_OFFSET = 1.0
@@ -190,7 +191,8 @@ def _edge_masks(payload: tuple[str, list[tuple[dict, str]], SamSpec, EdgeSetting
     source, images, spec, settings = payload
     with sam_session(spec) as runner:
         return [
-            edge_mask(runner, read_image(source, image, path), settings) for image, path in images
+            pack(edge_mask(runner, read_image(source, image, path), settings))
+            for image, path in images
         ]
 
 

@@ -33,6 +33,38 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
     return {"size": list(mask.shape), "counts": counts}
 
 
+def _rle_counts(counts: bytes) -> np.ndarray:
+    """The run lengths of a compressed RLE string, vectorised as pycocotools' `rleFrString`.
+
+    Each run length is coded in 6-bit characters (offset 48): 5 value bits, low bits first, and
+    bit 0x20 meaning "more follows"; bit 0x10 of the last character extends the sign. From the
+    fourth run on, a value is the difference to the run two before it.
+    """
+    chars = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    ends = np.flatnonzero((chars & 0x20) == 0)
+    starts = np.empty_like(ends)
+    starts[:1], starts[1:] = 0, ends[:-1] + 1
+    lengths = ends - starts + 1
+    digit = np.arange(len(chars)) - np.repeat(starts, lengths)
+    runs = np.add.reduceat((chars & 0x1F) << (5 * digit), starts)
+    negative = (chars[ends] & 0x10) != 0
+    runs[negative] |= -1 << (5 * lengths[negative])
+    runs[1::2] = np.cumsum(runs[1::2])  # run 3 adds run 1, run 5 adds run 3, ...
+    runs[2::2] = np.cumsum(runs[2::2])
+    return runs
+
+
+def decode(rle: dict) -> np.ndarray:
+    """A compressed RLE as an H×W bool array (column-major view), equal to pycocotools' `decode`."""
+    height, width = rle["size"]
+    runs = _rle_counts(rle["counts"])
+    if (runs < 0).any() or runs.sum() != height * width:
+        raise ValueError(f"RLE run lengths do not cover its {height}x{width} size")
+    values = np.zeros(len(runs), dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, runs).reshape(width, height).T
+
+
 def rle_area_and_bbox(rle: dict) -> tuple[int, list[float]]:
     return int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
 
@@ -61,4 +93,4 @@ def object_mask(
     if not rles:
         return np.zeros((height, width), dtype=bool)
     merged = rles[0] if len(rles) == 1 else mask_utils.merge(rles, intersect=False)
-    return mask_utils.decode(merged).view(bool)
+    return decode(merged)

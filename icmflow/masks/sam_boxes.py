@@ -21,6 +21,7 @@ from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_store, check_geometry, group_by_shard, read_image
 from icmflow.masks.rle import object_mask
 from icmflow.masks.sam import SamRunner, SamSpec, sam_session
+from icmflow.masks.store import pack
 from icmflow.resume import fingerprint
 
 
@@ -68,15 +69,14 @@ def _sam_box_masks(
     with sam_session(spec) as runner:
         for image, instances, path in images:
             check_geometry(source, image, instances)
-            masks.append(
-                sam_box_object_mask(
-                    runner,
-                    read_image(source, image, path),
-                    instances,
-                    include_crowd=include_crowd,
-                    boxes_per_batch=boxes_per_batch,
-                )
+            mask = sam_box_object_mask(
+                runner,
+                read_image(source, image, path),
+                instances,
+                include_crowd=include_crowd,
+                boxes_per_batch=boxes_per_batch,
             )
+            masks.append(pack(mask))
     return masks
 
 

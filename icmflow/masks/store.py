@@ -103,10 +103,16 @@ def create_store(
         array[:] = np.asarray(values, dtype=dtype)
 
 
+def pack(mask: np.ndarray) -> np.ndarray:
+    """A boolean H×W mask as the store keeps it: bit-packed down its columns, ceil(H / 8)×W."""
+    return np.packbits(mask, axis=0)
+
+
 def encode_shard(
-    masks: Sequence[np.ndarray], images_per_shard: int, rows: int, width: int
+    packed: Sequence[np.ndarray], images_per_shard: int, rows: int, width: int
 ) -> bytes | None:
-    """The bytes of one shard file holding `masks` (at most `images_per_shard`), as zarr writes it.
+    """The bytes of one shard file holding the `pack`ed masks (at most `images_per_shard`), as
+    zarr writes it.
 
     Chunks are compressed one after another, all-zero chunks omitted, then the index: (offset,
     length) as little-endian uint64 per chunk, followed by the CRC32C of the index. None when
@@ -115,12 +121,11 @@ def encode_shard(
     index = np.full((images_per_shard, 2), _EMPTY, dtype="<u8")
     parts, offset = [], 0
     chunk = np.zeros((rows, width), dtype=np.uint8)
-    for k, mask in enumerate(masks):
-        if not mask.any():
+    for k, bits in enumerate(packed):
+        if not bits.any():
             continue
-        packed = np.packbits(mask, axis=0)
-        r, w = packed.shape
-        chunk[:r, :w] = packed
+        r, w = bits.shape
+        chunk[:r, :w] = bits
         chunk[r:] = 0  # clear what an earlier, larger mask left
         chunk[:r, w:] = 0
         data = _CHUNK_ENCODER.encode(chunk)
@@ -133,12 +138,13 @@ def encode_shard(
     return b"".join(parts) + index_bytes + struct.pack("<I", google_crc32c.value(index_bytes))
 
 
-def write_shard(path: Path | str, shard: int, masks: Sequence[np.ndarray]) -> None:
-    """Write shard number `shard` (images shard*S, shard*S+1, ...) with one store write."""
+def write_shard(path: Path | str, shard: int, packed: Sequence[np.ndarray]) -> None:
+    """Write shard number `shard` (images shard*S, shard*S+1, ...), its masks `pack`ed, with one
+    store write."""
     group = zarr.open_group(path, mode="r+")
     array = group["mask"]
     _, rows, width = array.shape
-    data = encode_shard(masks, array.shards[0], rows, width)
+    data = encode_shard(packed, array.shards[0], rows, width)
     if data is not None:
         buffer = default_buffer_prototype().buffer.from_bytes(data)
         sync(group.store.set(f"mask/c/{shard}/0/0", buffer))
