@@ -58,7 +58,7 @@ def test_bd_rate_refuses_curves_without_enough_points_or_overlap():
     assert result.percent is None and "do not overlap" in result.note
 
 
-def test_report_table_and_bd_rates():
+def test_report_table_and_bd_rates_of_every_loss_against_the_anchor():
     metrics = [
         {
             "codec": f"{loss}-{lmbda}",
@@ -70,7 +70,7 @@ def test_report_table_and_bd_rates():
             "ms_ssim": q / 40,
             "images": 4,
         }
-        for loss, scale in (("mse", 1.0), ("object", 0.5))
+        for loss, scale in (("mse", 1.0), ("object", 0.5), ("edge", 0.8))
         for lmbda, bpp, q in (
             (0.01, 0.1 * scale, 28),
             (0.02, 0.2 * scale, 31),
@@ -78,8 +78,12 @@ def test_report_table_and_bd_rates():
         )
     ]
     rows = rd_table(metrics)
-    assert [r["codec"] for r in rows][:3] == ["mse-0.01", "mse-0.02", "mse-0.04"]
-    results = {r["quality"]: r for r in bd_rates(rows, "mse", "akima")}
-    assert results["psnr"]["bd_rate_percent"] == pytest.approx(-50.0)
-    assert results["object_psnr"]["bd_rate_percent"] < -50.0
+    assert [r["codec"] for r in rows] == [
+        f"{loss}-{lmbda}" for loss in ("edge", "mse", "object") for lmbda in (0.01, 0.02, 0.04)
+    ]
+    results = {(r["test"], r["quality"]): r for r in bd_rates(rows, "mse", "akima")}
+    assert {test for test, _ in results} == {"object", "edge"}
+    assert results["object", "psnr"]["bd_rate_percent"] == pytest.approx(-50.0)
+    assert results["object", "object_psnr"]["bd_rate_percent"] < -50.0
+    assert results["edge", "psnr"]["bd_rate_percent"] == pytest.approx(-20.0)
     assert "| mse-0.01 | mse | 0.01 |" in markdown_table(rows, ("codec", "loss", "lambda"))

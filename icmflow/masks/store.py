@@ -20,7 +20,7 @@ Why this layout:
   writers ever write the same file, and every shard file is written through a rename.
 - Packing down the columns matches pycocotools, whose RLE decode yields column-major arrays: the
   packing reads memory in order and never transposes. Eight pixels per byte, then zstd (level 1,
-  a core zarr codec) on runs of zeros: about 0.9 KB for a 640×480 COCO-like mask, less than the
+  a core zarr codec) on runs of zeros: about 0.8 KB for a 640×480 COCO-like mask, less than the
   same mask as COCO RLE in JSON, and the padding of smaller images costs next to nothing
   (see `benchmarks/masks.py`).
 - Writers encode whole shard files themselves (`encode_shard`), exactly as zarr's sharding codec
