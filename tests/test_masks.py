@@ -142,9 +142,7 @@ def test_interrupted_build_resumes_without_recomputing(tmp_path):
 
     common = dict(
         work=tmp_path / "w",
-        image_ids=list(range(10)),
-        heights=[m.shape[0] for m in masks],
-        widths=[30] * 10,
+        images=[{"id": i, "height": m.shape[0], "width": 30} for i, m in enumerate(masks)],
         payloads=shards,
         images_per_shard=3,
         attrs={"kind": "test", "fingerprint": "f1"},

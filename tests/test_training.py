@@ -68,9 +68,7 @@ def marked_dataset(tmp_path):
     build_store(
         tmp_path / "m.zarr",
         work=tmp_path / "w",
-        image_ids=[1, 2, 3],
-        heights=[m.shape[0] for m in masks],
-        widths=[m.shape[1] for m in masks],
+        images=images,
         payloads=[masks],
         make_masks=lambda p: [pack(m) for m in p],
         images_per_shard=3,

@@ -52,9 +52,7 @@ def build_store(
     out: Path,
     *,
     work: Path,
-    image_ids: Sequence[int],
-    heights: Sequence[int],
-    widths: Sequence[int],
+    images: Sequence[dict],
     payloads: Sequence[Any],
     make_masks: MaskMaker,
     images_per_shard: int,
@@ -64,10 +62,12 @@ def build_store(
 ) -> Path:
     """Build the store at `out` from one payload per shard; `client=None` runs in this process.
 
+    `images` are the store's images in order, each a dict with `id`, `height` and `width`.
+
     `attrs["fingerprint"]` must identify everything the masks depend on; a complete store with
     the same fingerprint already at `out` is kept as it is.
     """
-    n_shards = -(-len(image_ids) // images_per_shard)
+    n_shards = -(-len(images) // images_per_shard)
     if len(payloads) != n_shards:
         raise ValueError(f"{len(payloads)} payloads for {n_shards} shards")
     if out.exists():
@@ -83,9 +83,9 @@ def build_store(
         done.mkdir()
         create_store(
             store,
-            image_ids=image_ids,
-            heights=heights,
-            widths=widths,
+            image_ids=[image["id"] for image in images],
+            heights=[image["height"] for image in images],
+            widths=[image["width"] for image in images],
             images_per_shard=images_per_shard,
             attrs=attrs,
         )
@@ -94,10 +94,10 @@ def build_store(
     # Payloads travel pickled: dask would otherwise walk every list of every annotation looking
     # for futures, which took longer than building the masks (benchmarks/masks.py).
     tasks = [(str(store), str(done), s, make_masks, pickle.dumps(payloads[s])) for s in todo]
-    finished = len(image_ids) - sum(
-        min(images_per_shard, len(image_ids) - s * images_per_shard) for s in todo
+    finished = len(images) - sum(
+        min(images_per_shard, len(images) - s * images_per_shard) for s in todo
     )
-    with tqdm(total=len(image_ids), initial=finished, desc=desc, unit="img") as bar:
+    with tqdm(total=len(images), initial=finished, desc=desc, unit="img") as bar:
         try:
             if client is None:
                 for task in tasks:
@@ -181,9 +181,7 @@ def build_object_masks(
     return build_store(
         out,
         work=work,
-        image_ids=[image["id"] for image in images],
-        heights=[image["height"] for image in images],
-        widths=[image["width"] for image in images],
+        images=images,
         payloads=payloads,
         make_masks=_object_masks,
         images_per_shard=images_per_shard,

@@ -223,9 +223,7 @@ def build_edge_masks(
     return build_store(
         out,
         work=work,
-        image_ids=[image["id"] for image in images],
-        heights=[image["height"] for image in images],
-        widths=[image["width"] for image in images],
+        images=images,
         payloads=payloads,
         make_masks=_edge_masks,
         images_per_shard=images_per_shard,

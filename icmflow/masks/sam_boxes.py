@@ -109,9 +109,7 @@ def build_sam_box_masks(
     return build_store(
         out,
         work=work,
-        image_ids=[image["id"] for image in images],
-        heights=[image["height"] for image in images],
-        widths=[image["width"] for image in images],
+        images=images,
         payloads=payloads,
         make_masks=_sam_box_masks,
         images_per_shard=images_per_shard,
