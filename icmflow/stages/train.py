@@ -36,7 +36,7 @@ def run(params: Params, paths: Paths, name: str) -> None:
     if not work.resume():
         work.seal()
     model, optimizer, aux_optimizer, last = train_codec(
-        create_model(options.model, **options.model_args),
+        create_model(options.model, seed=options.seed, **options.model_args),
         MaskedCrops(dataset, masks, options.patch_size, cache=options.cache_images),
         RateDistortionLoss(codec.lmbda, masked=kind is not None),
         steps=options.steps,
