@@ -15,6 +15,7 @@ from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.datasets.sample import write_sample
 from icmflow.errors import ProblemLog
 from icmflow.masks.build import build_object_masks
+from icmflow.masks.store import MaskStore
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("ICMFLOW_SAMPLES", REPO.parent / "shared" / "samples"))
@@ -80,12 +81,16 @@ def sample_root(sample_layouts: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_prepared(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("prepared")
-    return {
+    prepared = {
         split: prepare_split(
             out, sample_root / "annotations" / f"instances_{split}.json", sample_root / split, split
         )
         for split in ("train", "val")
     }
+    for split, dataset in prepared.items():  # else tests over its images would pass vacuously
+        counts = {len(dataset.images), len(dataset.data["annotations"])}
+        assert 0 not in counts, f"the sample's {split} split has no images or no objects"
+    return prepared
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +107,8 @@ def sample_masks(sample_prepared: dict, tmp_path_factory: pytest.TempPathFactory
             images_per_shard=4,
             client=None,
         )
+        ids = MaskStore(stores[split]).image_ids
+        assert ids == [image["id"] for image in dataset.images], f"{split} store misses images"
     return stores
 
 

@@ -78,10 +78,12 @@ def main(prepared: str, out: str, work: str, images_per_shard: str) -> None:
     from icmflow.datasets.prepared import PreparedDataset
     from icmflow.masks.edges import EdgeSettings, build_edge_masks
     from icmflow.masks.sam import SamSpec
+    from icmflow.masks.store import MaskStore
 
     register_tiny_sam()
-    build_edge_masks(
-        PreparedDataset.load(prepared),
+    dataset = PreparedDataset.load(prepared)
+    store = build_edge_masks(
+        dataset,
         Path(out),
         work=Path(work),
         spec=SamSpec(TINY, device="cpu"),
@@ -89,6 +91,7 @@ def main(prepared: str, out: str, work: str, images_per_shard: str) -> None:
         images_per_shard=int(images_per_shard),
         client=None,
     )
+    assert MaskStore(store).image_ids == [image["id"] for image in dataset.images]
 
 
 if __name__ == "__main__":

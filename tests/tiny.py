@@ -121,4 +121,7 @@ def write_tiny(format: str, root: Path) -> Tiny:
         tiny.options = {"dataset_yaml": root / "data.yaml"}
     else:
         write_cityscapes(root, "val", coco, pixels)
+    read, _ = tiny.prepare()  # undamaged, it reads back whole: a damage test starts from there
+    assert len(read["images"]) == len(SIZES)
+    assert len(read["annotations"]) == len(coco["annotations"])
     return tiny
