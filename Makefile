@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install repro demo test lint bench clean
 
 install: $(STAMP)
 
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-demo: install
+# After editing params.yaml: dvc.yaml follows it, then DVC reruns what changed.
+repro: install
+	$(BIN)/icmflow pipeline
 	$(BIN)/dvc repro
+
+demo: repro
 	@echo
 	@echo "RD table:  results/report/rd.md (and rd.csv)"
 	@echo "BD-rate:   results/report/bd_rate.json"

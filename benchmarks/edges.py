@@ -29,9 +29,9 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 
 from icmflow.datasets.images import read_rgb
-from icmflow.devices import resolve_device
 from icmflow.masks.edges import EdgeSettings, edge_mask, mask_edges
-from icmflow.masks.sam import SamRunner, SamSpec, build_model
+from icmflow.runtime.devices import resolve_device
+from icmflow.vision.sam.model import SamRunner, SamSpec, build_model
 
 SAMPLES = Path(
     os.environ.get("ICMFLOW_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples")

@@ -26,10 +26,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from icmflow.datasets.rle import uncompressed_rle
 from icmflow.masks.build import build_object_masks
-from icmflow.masks.rle import uncompressed_rle
 from icmflow.masks.store import MaskStore
-from icmflow.parallel import dask_client
+from icmflow.runtime.cluster import dask_client
 
 
 def synthetic_coco(n_images: int, seed: int = 0) -> dict:

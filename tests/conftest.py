@@ -2,67 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from icmflow.coding.checkpoint import save_checkpoint
-from icmflow.coding.registry import create_model
-from icmflow.datasets.coco import prepare_coco
-from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.datasets.sample import write_sample
-from icmflow.errors import ProblemLog
 from icmflow.masks.build import build_object_masks
 from icmflow.masks.store import MaskStore
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = Path(os.environ.get("ICMFLOW_SAMPLES", REPO.parent / "shared" / "samples"))
-
-
-def real_sample(name: str) -> Path:
-    """A folder of ../shared/samples (or $ICMFLOW_SAMPLES); the test is skipped without it."""
-    path = SAMPLES / name
-    if not path.is_dir():
-        pytest.skip(f"real sample {name} not found under {SAMPLES}")
-    return path
-
-
-def save_codec(model, path: Path, model_args: dict) -> Path:
-    """Save a (tiny) bmshj2018-hyperprior as the train stage does, without optimiser history."""
-    optimizer = torch.optim.Adam(model.parameters())
-    save_checkpoint(
-        path,
-        model,
-        arch="bmshj2018-hyperprior",
-        model_args=model_args,
-        step=0,
-        loss=0.0,
-        optimizer=optimizer,
-        aux_optimizer=optimizer,
-        extra={},
-    )
-    return path
-
-
-def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
-    return build_object_masks(
-        dataset,
-        out,
-        work=out.with_name(out.name + ".work"),
-        source=source,
-        include_crowd=crowd,
-        images_per_shard=per_shard,
-        client=client,
-    )
-
-
-def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:
-    prepared = prepare_coco(annotations, images, ProblemLog("raise"), workers=2)
-    path = tmp / f"{name}.json"
-    write_prepared(path, prepared, image_root=images, final_dir=tmp)
-    return PreparedDataset.load(path)
+from tests.helpers.builders import prepare_split
+from tests.helpers.codecs import tiny_codec
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +63,4 @@ def sample_masks(sample_prepared: dict, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def codec():
     """An untrained codec, ready to code (its CDF tables built)."""
-    torch.manual_seed(0)
-    model = create_model("bmshj2018-hyperprior", N=16, M=16).eval()
-    model.update(force=True)
-    return model
+    return tiny_codec()

@@ -10,16 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from icmflow.coding.checkpoint import load_codec
-from icmflow.coding.codec import compress_image, decompress_image
+from icmflow.codecs.checkpoint import load_codec
 from icmflow.coding.coded_dataset import encode_dataset
+from icmflow.coding.learned import LearnedCodec
+from icmflow.core.errors import InputError
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
-from icmflow.errors import InputError
 from icmflow.masks.store import MaskStore
-from icmflow.training.data import MaskedCrops
-from tests.conftest import build, save_codec
-from tests.tiny import FORMATS, SIZES, Tiny, write_tiny
+from icmflow.training.data import TrainingCrops
+from tests.helpers.builders import build, save_codec
+from tests.helpers.codecs import learned_spec
+from tests.helpers.layouts import FORMATS, SIZES, Tiny, write_tiny
 
 
 @pytest.fixture(params=FORMATS)
@@ -244,14 +245,15 @@ def test_pixel_formats_become_the_same_rgb8_for_masks_training_and_encoding(mode
     write_prepared(tmp_path / "val.json", prepared, image_root=tiny.images, final_dir=tmp_path)
     dataset = PreparedDataset.load(tmp_path / "val.json")
     store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
-    x, m = MaskedCrops(dataset, store.path, patch_size=32)[0]  # 32 = the height: x varies
+    sample = TrainingCrops(dataset, {"object": store.path}, patch_size=32)[0]  # 32: the height
+    x, m = sample["x"], sample["object"]
     rows = (x * 255).round().byte().permute(1, 2, 0).numpy()
     assert any(np.array_equal(rows, expected[:, s : s + 32]) for s in range(48 - 32 + 1))
     assert m.shape == (1, 32, 32)
     checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
-    encode_dataset(checkpoint, dataset, tmp_path / "coded")
+    encode_dataset(learned_spec(checkpoint), dataset, tmp_path / "coded")
     stream = (tmp_path / "coded" / "bitstreams" / "im1.bin").read_bytes()
-    assert stream == compress_image(load_codec(checkpoint), expected)  # fed exactly `expected`
+    assert stream == LearnedCodec(load_codec(checkpoint)).encode(expected).data  # fed `expected`
 
 
 def exif_jpeg(path, rgb: np.ndarray, orientation: int) -> None:
@@ -326,13 +328,14 @@ def test_image_smaller_than_the_training_crop(tmp_path, codec):
     assert prepared["images"][0]["width"] == 20
     write_prepared(tmp_path / "val.json", prepared, image_root=tiny.images, final_dir=tmp_path)
     store = MaskStore(build(prepared, tmp_path / "masks.zarr"))
-    crops = MaskedCrops(PreparedDataset.load(tmp_path / "val.json"), store.path, patch_size=64)
+    crops = TrainingCrops(
+        PreparedDataset.load(tmp_path / "val.json"), {"object": store.path}, patch_size=64
+    )
     for _ in range(3):
-        x, m = crops[0]
+        x, m = crops[0]["x"], crops[0]["object"]
         assert x.shape == (3, 64, 64) and m.shape == (1, 64, 64)
         torch.testing.assert_close(x[0], m[0])
-    decoded = decompress_image(codec, compress_image(codec, rgb))
-    assert decoded.shape == rgb.shape
+    assert LearnedCodec(codec).encode(rgb).decoded.shape == rgb.shape
 
 
 def test_unknown_category_ids(tiny):

@@ -1,40 +1,87 @@
 import csv
 import json
+import subprocess
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from icmflow.codecs.architectures import create_model
 from icmflow.coding.bitstream import Bitstream, pack, unpack
-from icmflow.coding.codec import compress_image, decompress_image
+from icmflow.coding.classical import CLASSICAL
 from icmflow.coding.coded_dataset import encode_dataset
-from icmflow.coding.registry import create_model
+from icmflow.coding.learned import LearnedCodec
+from icmflow.core.errors import BitstreamError, UnknownNameError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.parallel import dask_client
-from tests.conftest import save_codec
+from icmflow.runtime.cluster import dask_client
+from tests.helpers.builders import save_codec
+from tests.helpers.codecs import learned_spec, textured_image, tiny_codec
+from tests.helpers.project import REPO
 
 
 def test_bitstream_round_trip_and_truncation():
-    stream = Bitstream(300, 70000, (5, 1094), (b"abc" * 100, b"", b"\x00\xff"))
+    stream = Bitstream(300, 70000, (5, 1094), (b"abc" * 100, b"", b"\x00\xff"), 2**32 - 1, 7)
     data = pack(stream)
     assert unpack(data) == stream
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(BitstreamError, match="truncated"):
         unpack(data[:-1])
-    with pytest.raises(ValueError, match="unexpected bytes"):
+    with pytest.raises(BitstreamError, match="unexpected bytes"):
         unpack(data + b"x")
+    with pytest.raises(BitstreamError, match="format 1"):
+        unpack(b"\x01" + data[1:])
 
 
 def test_unknown_architecture_lists_the_registry():
-    with pytest.raises(ValueError, match="bmshj2018-hyperprior"):
+    with pytest.raises(UnknownNameError, match="bmshj2018-hyperprior"):
         create_model("no-such-codec")
 
 
-def test_any_image_size_decodes_to_its_own_size(codec):
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_any_image_size_decodes_to_its_own_size(arch):
+    codec = LearnedCodec(tiny_codec(arch))
     rng = np.random.default_rng(0)
     for h, w in [(45, 70), (64, 64), (1, 130)]:
         rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-        decoded = decompress_image(codec, compress_image(codec, rgb))
-        assert decoded.shape == (h, w, 3) and decoded.dtype == np.uint8
+        coded = codec.encode(rgb)
+        assert coded.decoded.shape == (h, w, 3) and coded.decoded.dtype == np.uint8
+        np.testing.assert_array_equal(codec.decode(coded.data), coded.decoded)
+
+
+def test_a_wrong_checkpoint_or_a_damaged_bitstream_is_an_error_not_an_image():
+    rgb = textured_image(128, 192)
+    codec = LearnedCodec(tiny_codec(seed=0, gain=40))
+    coded = codec.encode(rgb)
+    other = LearnedCodec(tiny_codec(seed=1, gain=40), name="other.pth.tar")
+    with pytest.raises(BitstreamError, match=r"im\.bin: the entropy decoder's scale indexes"):
+        other.decode(coded.data, source="im.bin")
+    stream = unpack(coded.data)
+    y, z = stream.strings
+    half = len(y) // 2
+    for strings, error in [
+        ((y, bytes([z[0] ^ 0xFF]) + z[1:]), "scale indexes differ"),  # other scales
+        ((y[:half] + bytes(v ^ 0xA5 for v in y[half:]), z), "decoded pixels differ"),
+    ]:
+        with pytest.raises(BitstreamError, match=f"bad.bin: .*{error}"):
+            codec.decode(pack(replace(stream, strings=strings)), source="bad.bin")
+    loose = codec.decode(pack(replace(stream, pixel_check=0)), strict=False)
+    np.testing.assert_array_equal(loose, coded.decoded)
+
+
+@pytest.mark.parametrize("family", list(CLASSICAL))
+def test_classical_codecs_decode_what_they_wrote(family):
+    rgb = textured_image(48, 80)
+    codec = CLASSICAL[family](family=family, quality=50).build()
+    coded = codec.encode(rgb)
+    assert codec.encode(rgb).data == coded.data  # the same bytes every time
+    np.testing.assert_array_equal(codec.decode(coded.data), coded.decoded)
+    assert coded.decoded.shape == rgb.shape
+    assert np.abs(coded.decoded.astype(int) - rgb).mean() < 12
+    low = CLASSICAL[family](family=family, quality=10).build().encode(rgb)
+    assert len(low.data) < len(coded.data)
+    with pytest.raises(BitstreamError, match=f"x: not a decodable {family} file"):
+        codec.decode(coded.data[: len(coded.data) // 3], source="x")
 
 
 def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
@@ -43,7 +90,7 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     val = sample_prepared["val"]
     checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
     tmp_path = tmp_path / "coded"
-    summary = encode_dataset(checkpoint, val, tmp_path)
+    summary = encode_dataset(learned_spec(checkpoint), val, tmp_path)
     coded = PreparedDataset.load(tmp_path / "annotations.json")
     assert coded.data["annotations"] == val.data["annotations"]
     with (tmp_path / "bpp.csv").open() as handle:
@@ -52,7 +99,7 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
         stem = image["file_name"].removesuffix(".png")
         data = (tmp_path / "bitstreams" / f"{stem}.bin").read_bytes()
         np.testing.assert_array_equal(
-            read_rgb(coded.image_path(image)), decompress_image(codec, data)
+            read_rgb(coded.image_path(image)), LearnedCodec(codec).decode(data)
         )
         assert int(rows[image["id"]]["bytes"]) == len(data)
         assert float(rows[image["id"]]["bpp"]) == pytest.approx(
@@ -64,17 +111,30 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     assert json.loads((tmp_path / "summary.json").read_text())["total_bits"] == total_bits
 
 
+def test_classical_coded_dataset_counts_the_files_it_wrote(sample_prepared, tmp_path):
+    val = sample_prepared["val"]
+    jpeg = CLASSICAL["jpeg"](family="jpeg", quality=30)
+    summary = encode_dataset(jpeg, val, tmp_path)
+    files = sorted((tmp_path / "bitstreams").iterdir())
+    assert [f.suffix for f in files] == [".jpg"] * len(val.images)
+    assert summary["total_bits"] == 8 * sum(f.stat().st_size for f in files)
+    for image in val.images:
+        stem = image["file_name"].removesuffix(".png")
+        decoded = jpeg.decode((tmp_path / "bitstreams" / f"{stem}.jpg").read_bytes())
+        np.testing.assert_array_equal(read_rgb(tmp_path / "images" / f"{stem}.png"), decoded)
+
+
 def test_encoding_on_a_dask_cluster_resumes_and_matches(codec, sample_prepared, tmp_path):
     val = sample_prepared["val"]
-    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
+    spec = learned_spec(save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16}))
     serial = tmp_path / "serial"
-    encode_dataset(checkpoint, val, serial, images_per_task=2)
+    encode_dataset(spec, val, serial, images_per_task=2)
     first = val.images[0]["file_name"].removesuffix(".png")
     (serial / "images" / f"{first}.png").unlink()  # as if interrupted inside this image
     stamps = {p.name: p.stat().st_mtime_ns for p in (serial / "bitstreams").iterdir()}
     with dask_client(None, n_workers=2) as client:
-        encode_dataset(checkpoint, val, serial, client=client, images_per_task=2)
-        encode_dataset(checkpoint, val, tmp_path / "dask", client=client, images_per_task=2)
+        encode_dataset(spec, val, serial, client=client, images_per_task=2)
+        encode_dataset(spec, val, tmp_path / "dask", client=client, images_per_task=2)
     redone = {
         p.name for p in (serial / "bitstreams").iterdir() if p.stat().st_mtime_ns != stamps[p.name]
     }
@@ -83,3 +143,57 @@ def test_encoding_on_a_dask_cluster_resumes_and_matches(codec, sample_prepared, 
         ours = {p.name: p.read_bytes() for p in (serial / folder).iterdir()}
         theirs = {p.name: p.read_bytes() for p in (tmp_path / "dask" / folder).iterdir()}
         assert ours == theirs and len(ours) == len(val.images)
+
+
+DECODE_WITH_THREADS = """
+import sys, torch
+from pathlib import Path
+from icmflow.codecs.checkpoint import load_codec
+from icmflow.coding.learned import LearnedCodec
+from icmflow.datasets.images import write_png
+torch.set_num_threads(int(sys.argv[1]))
+codec = LearnedCodec(load_codec(Path(sys.argv[2])))
+for stream in sorted(Path(sys.argv[3]).iterdir()):
+    write_png(Path(sys.argv[4]) / f"{stream.stem}.png", codec.decode(stream.read_bytes()))
+"""
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_decoding_with_another_thread_count_gives_the_stored_pngs_byte_for_byte(arch, tmp_path):
+    """The coded dataset is written by this process (its torch thread count, e.g. 2 on CI);
+    another process decodes the bitstreams with 1 and with 3 threads."""
+    val_images = {}
+    for k, (h, w) in enumerate([(300, 410), (257, 383)]):
+        val_images[k] = textured_image(h, w, seed=k)
+    from icmflow.datasets.images import write_png
+
+    images = []
+    for k, rgb in val_images.items():
+        write_png(tmp_path / "src" / f"{k}.png", rgb)
+        images.append(
+            {"id": k + 1, "file_name": f"{k}.png", "height": rgb.shape[0], "width": rgb.shape[1]}
+        )
+    data = {"images": images, "annotations": [], "categories": [], "icmflow": {"image_root": "src"}}
+    dataset = PreparedDataset(tmp_path / "d.json", data)
+    model = tiny_codec(arch, gain=40, N=32, M=48)
+    checkpoint = save_codec(model, tmp_path / "c.pth.tar", {"N": 32, "M": 48}, arch=arch)
+    encode_dataset(learned_spec(checkpoint), dataset, tmp_path / "coded")
+    for threads in (1, 3):
+        out = tmp_path / f"decoded-{threads}"
+        out.mkdir()
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                DECODE_WITH_THREADS,
+                str(threads),
+                str(checkpoint),
+                str(tmp_path / "coded" / "bitstreams"),
+                str(out),
+            ],
+            check=True,
+            cwd=REPO,
+        )
+        for k in val_images:
+            stored = (tmp_path / "coded" / "images" / f"{k}.png").read_bytes()
+            assert (out / f"{k}.png").read_bytes() == stored, f"{threads} threads, image {k}"

@@ -22,12 +22,11 @@ from icmflow.masks.edges import (
     edge_mask,
     mask_edges,
 )
-from icmflow.masks.sam import SamSpec, sam_session
 from icmflow.masks.store import MaskStore
-from icmflow.parallel import dask_client
-from tests.conftest import REPO
-from tests.sam_models import TINY, register_tiny_sam, tiny_sams_built
-from tests.test_masks import store_files
+from icmflow.runtime.cluster import dask_client
+from icmflow.vision.sam.model import SamSpec, sam_session
+from tests.helpers.project import REPO, store_files
+from tests.helpers.sam_models import TINY, register_tiny_sam, tiny_sams_built
 
 TINY_SPEC = SamSpec(TINY, device="cpu")
 NO_FILTERS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
@@ -84,7 +83,7 @@ def test_masks_that_meet_get_both_sides_drawn():
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    from tests.conftest import real_sample
+    from tests.helpers.project import real_sample
 
     kodak = real_sample("kodak")
     return read_rgb(sorted(kodak.glob("*.png"))[3])[:64, :96].copy()
@@ -165,7 +164,15 @@ def test_killed_edge_build_resumes_without_recomputing_finished_shards(
     out, work = tmp_path / "train.zarr", tmp_path / "work"
     n = len(train.images)
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.sam_models", str(train.path), str(out), str(work), "1"],
+        [
+            sys.executable,
+            "-m",
+            "tests.helpers.sam_models",
+            str(train.path),
+            str(out),
+            str(work),
+            "1",
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -58,12 +58,13 @@ def test_bd_rate_refuses_curves_without_enough_points_or_overlap():
     assert result.percent is None and "do not overlap" in result.note
 
 
-def test_report_table_and_bd_rates_of_every_loss_against_the_anchor():
+def test_report_table_and_bd_rates_of_every_series_against_each_anchor():
     metrics = [
         {
             "codec": f"{loss}-{lmbda}",
-            "loss": loss,
-            "lambda": lmbda,
+            "family": "learned",
+            "series": loss,
+            "setting": f"λ={lmbda}",
             "bpp": bpp,
             "psnr": q,
             "object_psnr": q + (3 if loss == "object" else 0),
@@ -81,9 +82,15 @@ def test_report_table_and_bd_rates_of_every_loss_against_the_anchor():
     assert [r["codec"] for r in rows] == [
         f"{loss}-{lmbda}" for loss in ("edge", "mse", "object") for lmbda in (0.01, 0.02, 0.04)
     ]
-    results = {(r["test"], r["quality"]): r for r in bd_rates(rows, "mse", "akima")}
-    assert {test for test, _ in results} == {"object", "edge"}
+    both = bd_rates(rows, ["mse", "edge"], "akima")
+    assert {(r["test"], r["anchor"]) for r in both} == {
+        ("edge", "mse"),
+        ("object", "mse"),
+        ("mse", "edge"),
+        ("object", "edge"),
+    }
+    results = {(r["test"], r["quality"]): r for r in both if r["anchor"] == "mse"}
     assert results["object", "psnr"]["bd_rate_percent"] == pytest.approx(-50.0)
     assert results["object", "object_psnr"]["bd_rate_percent"] < -50.0
     assert results["edge", "psnr"]["bd_rate_percent"] == pytest.approx(-20.0)
-    assert "| mse-0.01 | mse | 0.01 |" in markdown_table(rows, ("codec", "loss", "lambda"))
+    assert "| mse-0.01 | mse | λ=0.01 |" in markdown_table(rows, ("codec", "series", "setting"))

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import yaml
 
+from icmflow.core.files import replace
 from icmflow.datasets.prepared import write_prepared
-from icmflow.files import replace
 from icmflow.masks.store import MaskStore, store_attrs
 from icmflow.pipeline.paths import Paths
-from tests.conftest import REPO
+from tests.helpers.project import REPO
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,13 +8,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from zarr.storage import LocalStore, LoggingStore
 
+from icmflow.core.errors import InputError, MissingInputError
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.errors import InputError
+from icmflow.datasets.rle import annotation_rle, decode
 from icmflow.masks.build import build_store
-from icmflow.masks.rle import annotation_rle, decode
 from icmflow.masks.store import IncompleteStoreError, MaskStore, create_store, pack, write_shard
-from icmflow.parallel import dask_client
-from tests.conftest import build, prepare_split, real_sample
+from icmflow.runtime.cluster import dask_client
+from tests.helpers.builders import build, prepare_split
+from tests.helpers.project import real_sample, store_files
 
 
 def pycocotools_union(coco: COCO, image_id: int, include_crowd: bool = True) -> np.ndarray:
@@ -120,10 +121,6 @@ def test_polygon_outside_image_leaves_no_store(sample_prepared, tmp_path):
     assert not (tmp_path / "m.zarr.work").exists()
 
 
-def store_files(path) -> dict:
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-
-
 class Interrupted(Exception):
     pass
 
@@ -172,7 +169,7 @@ def test_incomplete_store_is_refused(tmp_path):
     )
     with pytest.raises(IncompleteStoreError, match="incomplete"):
         MaskStore(tmp_path / "s.zarr")
-    with pytest.raises(FileNotFoundError, match="run `icmflow masks`"):
+    with pytest.raises(MissingInputError, match="run `icmflow masks`"):
         MaskStore(tmp_path / "absent.zarr")
 
 

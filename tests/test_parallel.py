@@ -1,6 +1,6 @@
 import os
 
-from icmflow.parallel import dask_client, worker_threads
+from icmflow.runtime.cluster import dask_client, worker_threads
 
 
 def _visible_gpus() -> str | None:

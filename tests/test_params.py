@@ -3,9 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icmflow.pipeline.params import ParamsError, load_params, parse_codec
-
-REPO = Path(__file__).resolve().parents[1]
+from icmflow.pipeline.params import ParamsError, check_registered, is_learned, load_params
+from tests.helpers.project import REPO
 
 
 def write(tmp_path: Path, params: dict) -> Path:
@@ -21,18 +20,43 @@ def defaults() -> dict:
 
 def test_project_params_are_valid():
     params = load_params(REPO / "params.yaml")
+    check_registered(params)
     assert params.train.dataset in params.datasets
-    losses = {parse_codec(name).loss for name in params.codecs}
-    assert losses == {"mse", "object"}
+    families = {entry.family for entry in params.codecs.values()}
+    assert {"learned", "jpeg", "webp"} <= families
+    archs = {params.learned(name).arch for name in params.learned_codecs}
+    assert len(archs) >= 2
+    for anchor in params.report.anchors:
+        assert len(params.series()[anchor]) >= 3  # enough points for a BD-rate
 
 
-def test_codec_names_parse():
-    codec = parse_codec("object-0.05")
-    assert (codec.loss, codec.lmbda) == ("object", 0.05)
-    assert parse_codec("mse-1e-3").lmbda == pytest.approx(0.001)
-    for bad in ("object", "object-", "object0.05", "texture-0.1", "object-0"):
-        with pytest.raises(ValueError):
-            parse_codec(bad)
+def test_entries_override_shared_training_settings(tmp_path, defaults):
+    name = next(n for n, e in defaults["codecs"].items() if e["family"] == "learned")
+    defaults["codecs"][name]["train"] = {"steps": 5, "lr": 1e-5}
+    params = load_params(write(tmp_path, defaults))
+    trained = params.training(name)
+    assert (trained.steps, trained.lr) == (5, 1e-5)
+    assert trained.batch_size == params.train.batch_size
+    other = next(n for n in params.learned_codecs if n != name)
+    assert params.training(other).steps == params.train.steps
+
+
+def test_series_default_and_explicit(tmp_path, defaults):
+    defaults["codecs"]["jpeg444-q50"] = {
+        "family": "jpeg",
+        "quality": 50,
+        "subsampling": "4:4:4",
+        "series": "jpeg-444",
+    }
+    params = load_params(write(tmp_path, defaults))
+    series = params.series()
+    assert series["jpeg-444"] == ["jpeg444-q50"] and "jpeg444-q50" not in series["jpeg"]
+    learned = params.learned(params.learned_codecs[0])
+    assert learned.series_name == f"{learned.arch}-{learned.objective}"
+    assert (
+        not is_learned(params.codec("jpeg444-q50"))
+        and params.codec("jpeg444-q50").setting == "q=50"
+    )
 
 
 def test_misspelt_key_is_named(tmp_path, defaults):
@@ -41,32 +65,69 @@ def test_misspelt_key_is_named(tmp_path, defaults):
         load_params(write(tmp_path, defaults))
 
 
-def test_every_problem_is_reported_at_once(tmp_path, defaults):
+def test_misspelt_key_of_a_codec_entry_names_the_entry(tmp_path, defaults):
+    defaults["codecs"]["jpeg-q10"]["qualty"] = 20
+    with pytest.raises(ParamsError, match=r"codecs\.jpeg-q10\.qualty: unknown key"):
+        load_params(write(tmp_path, defaults))
+
+
+def test_every_problem_is_reported_at_once_naming_keys_not_the_file(tmp_path, defaults):
     defaults["train"]["steps"] = -1
-    defaults["codecs"].append("texture-0.1")
+    defaults["codecs"]["webp-q10"]["quality"] = 300
+    defaults["codecs"]["bad"] = {"family": "png", "quality": 3}
     with pytest.raises(ParamsError) as err:
         load_params(write(tmp_path, defaults))
     message = str(err.value)
     assert "train.steps" in message and "-1" in message
-    assert "unknown loss 'texture'" in message
+    assert "codecs.webp-q10.quality" in message and "300" in message
+    assert "codecs.bad" in message and "'png'" in message
+    assert "datasets" not in message and len(message) < 1500  # keys, never a whole section
+
+
+def test_registered_names_are_checked_with_the_registries(tmp_path, defaults):
+    entry = next(e for e in defaults["codecs"].values() if e["family"] == "learned")
+    entry.update(arch="no-such-arch", objective="texture")
+    params = load_params(write(tmp_path, defaults))  # the fast checks pass
+    with pytest.raises(ParamsError) as err:
+        check_registered(params)
+    message = str(err.value)
+    assert "unknown architecture 'no-such-arch'; registered: " in message
+    assert "bmshj2018-hyperprior" in message and "unknown objective 'texture'" in message
+
+
+def test_model_and_objective_arguments_are_checked(tmp_path, defaults):
+    name = next(n for n, e in defaults["codecs"].items() if e["family"] == "learned")
+    defaults["codecs"][name]["model_args"] = {"N": 8, "M": 8, "channels": 3}
+    defaults["codecs"][name]["objective_args"] = {"alpha": 1}
+    with pytest.raises(ParamsError) as err:
+        check_registered(load_params(write(tmp_path, defaults)))
+    message = str(err.value)
+    assert f"codecs.{name}.model_args" in message and "channels" in message
+    assert f"codecs.{name}.objective_args" in message and "alpha" in message
+
+
+def test_codec_names_cannot_hold_dots(tmp_path, defaults):
+    defaults["codecs"]["object-0.05"] = defaults["codecs"].pop("jpeg-q10")
+    with pytest.raises(ParamsError, match=r"codecs\.object-0\.05"):
+        load_params(write(tmp_path, defaults))
 
 
 def test_cross_references_are_checked(tmp_path, defaults):
     defaults["encode"]["dataset"] = "coco"
-    with pytest.raises(ParamsError, match=r"encode\.dataset 'coco' is not under datasets"):
+    defaults["report"]["anchors"] = ["jpeg", "vvc"]
+    with pytest.raises(ParamsError) as err:
         load_params(write(tmp_path, defaults))
-
-
-def test_duplicate_codec(tmp_path, defaults):
-    defaults["codecs"].append(defaults["codecs"][0])
-    with pytest.raises(ParamsError, match="listed twice"):
-        load_params(write(tmp_path, defaults))
+    message = str(err.value)
+    assert "encode.dataset: 'coco' is not under datasets" in message
+    assert "report.anchors: 'vvc' is no codec series" in message
 
 
 def test_unknown_codec_lookup():
     params = load_params(REPO / "params.yaml")
     with pytest.raises(ParamsError, match=r"not in params\.yaml codecs"):
         params.codec("object-123")
+    with pytest.raises(ParamsError, match="is a jpeg codec: it is not trained"):
+        params.learned("jpeg-q10")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -84,15 +145,26 @@ def test_sam_is_off_by_default(defaults):
     assert params.sam.checkpoint is None
 
 
+def edge_codec() -> dict:
+    return {
+        "family": "learned",
+        "arch": "bmshj2018-hyperprior",
+        "model_args": {"N": 8, "M": 8},
+        "objective": "edge",
+        "lmbda": 0.01,
+    }
+
+
 def test_edge_codec_needs_edges_of_the_training_dataset(tmp_path, defaults):
-    defaults["codecs"].append("edge-0.01")
+    defaults["codecs"]["edge-1"] = edge_codec()
+    params = load_params(write(tmp_path, defaults))
     with pytest.raises(ParamsError, match=r"edges\.datasets does not list it: add it") as err:
-        load_params(write(tmp_path, defaults))
+        check_registered(params)
+    assert "codecs.edge-1.objective" in str(err.value)
     assert "edges: {datasets: [sample]}" in str(err.value)
     defaults["edges"]["datasets"] = ["sample"]
     defaults["sam"]["checkpoint"] = "models/sam/sam_vit_b_01ec64.pth"
-    assert parse_codec("edge-0.01").loss == "edge"
-    assert "edge-0.01" in load_params(write(tmp_path, defaults)).codecs
+    check_registered(load_params(write(tmp_path, defaults)))
 
 
 @pytest.mark.parametrize(
@@ -120,5 +192,5 @@ def test_edges_of_unknown_datasets_and_bad_sam_settings(tmp_path, defaults):
     message = str(err.value)
     assert "sam.model_type" in message and "sam.precision" in message
     defaults["sam"].update(model_type="vit_b", precision="bfloat16")
-    with pytest.raises(ParamsError, match=r"edges\.datasets lists \['coco'\], not under datasets"):
+    with pytest.raises(ParamsError, match=r"edges\.datasets: lists \['coco'\], not under datasets"):
         load_params(write(tmp_path, defaults))

@@ -1,75 +1,47 @@
-"""`dvc repro` end to end on a tiny copy of the project: caching and per-λ reruns."""
+"""`icmflow pipeline` + `dvc repro` end to end on a tiny copy of the project: caching, reruns of
+exactly what an edit touches, and a stale dvc.yaml stopped before it runs anything."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers.dvc import copy_project, ran_stages, run, status
+from tests.helpers.params import learned_entry
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
+LEARNED = {
+    "mse-1": learned_entry("mse", 0.01),
+    "mse-2": learned_entry("mse", 0.04),
+    "object-1": learned_entry("object", 0.1),
+}
+CLASSICAL = {f"jpeg-q{q}": {"family": "jpeg", "quality": q} for q in (10, 40)}
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    """Run a command with the project's environment on PATH; its stdout."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def status(project: Path) -> set[str]:
-    """The stages `dvc status` finds out of date."""
-    return set(json.loads(run(["dvc", "status", "--json"], project)))
-
-
-def project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return [f for f in listed if (REPO / f).is_file()]
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
+def edit_params(project, change) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    change(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["sample"].update(train_images=4, val_images=3)
-    params["masks"].update(images_per_shard=2, n_workers=1)
-    params["train"].update(steps=2, batch_size=2, patch_size=64, model_args={"N": 8, "M": 8})
-    params["codecs"] = [
-        "mse-0.01",
-        "mse-0.02",
-        "mse-0.04",
-        "object-0.05",
-        "object-0.1",
-        "object-0.2",
-    ]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    output = run(["dvc", "repro"], root)
-    assert "report" in ran_stages(output)
+def project(tmp_path_factory):
+    root = copy_project(tmp_path_factory.mktemp("project"))
+
+    def tiny(params):
+        params["sample"].update(train_images=4, val_images=3)
+        params["masks"].update(images_per_shard=2, n_workers=1)
+        params["train"].update(steps=2, batch_size=2, patch_size=64)
+        params["codecs"] = {**LEARNED, **CLASSICAL}
+        params["report"]["anchors"] = ["jpeg", "bmshj2018-hyperprior-mse"]
+
+    edit_params(root, tiny)
+    run(["icmflow", "pipeline"], root)
+    assert "report" in ran_stages(run(["dvc", "repro"], root).stdout)
     return root
 
 
@@ -78,9 +50,10 @@ def test_repro_builds_the_report(project):
     for name in ("rd.csv", "rd.md", "bd_rate.json", "psnr_bpp.png", "object_psnr_bpp.png"):
         assert (report / name).is_file(), name
     rows = (report / "rd.csv").read_text().splitlines()
-    assert len(rows) == 1 + 6
+    assert len(rows) == 1 + len(LEARNED) + len(CLASSICAL)
     bd = json.loads((report / "bd_rate.json").read_text())
     assert {b["quality"] for b in bd} == {"psnr", "object_psnr", "ms_ssim"}
+    assert {b["anchor"] for b in bd} == {"jpeg", "bmshj2018-hyperprior-mse"}
     for dataset, format in (
         ("sample", "coco"),
         ("sample-visdrone", "visdrone"),
@@ -92,41 +65,87 @@ def test_repro_builds_the_report(project):
         assert (
             project / "data" / "masks" / dataset / "object" / "val.zarr" / "zarr.json"
         ).is_file()
-    provenance = json.loads((project / "models" / "object-0.1" / "provenance.json").read_text())
-    assert provenance["params"]["codec"] == "object-0.1" and provenance["packages"]["compressai"]
+    provenance = json.loads((project / "models" / "object-1" / "provenance.json").read_text())
+    assert provenance["params"]["codec"]["object-1"]["lmbda"] == 0.1
+    assert provenance["packages"]["compressai"]
+    assert not (project / "models" / "jpeg-q10").exists()  # classical codecs are not trained
+    assert (
+        sorted(p.suffix for p in (project / "data/coded/jpeg-q10/bitstreams").iterdir())
+        == [".jpg"] * 3
+    )
 
 
 def test_second_repro_runs_nothing(project):
     assert status(project) == set()
-    assert ran_stages(run(["dvc", "repro"], project)) == set()
+    assert ran_stages(run(["dvc", "repro"], project).stdout) == set()
 
 
-def test_changing_one_lambda_reruns_only_its_chain_and_the_report(project):
-    params_path = project / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    params["codecs"][params["codecs"].index("object-0.1")] = "object-0.15"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    expected = {"train@object-0.15", "encode@object-0.15", "evaluate@object-0.15", "report"}
-    assert status(project) == expected
-    assert ran_stages(run(["dvc", "repro"], project)) == expected
+def test_editing_one_entry_reruns_exactly_its_chain_and_the_report(project):
+    """`dvc status` names the stages whose own inputs changed; repro runs those and what
+    their new outputs feed."""
+    edit_params(project, lambda p: p["codecs"]["object-1"].update(lmbda=0.15))
+    assert status(project) == {"pipeline", "train@object-1", "report"}
+    assert ran_stages(run(["dvc", "repro"], project).stdout) == {
+        "pipeline",
+        "train@object-1",
+        "encode@object-1",
+        "evaluate@object-1",
+        "report",
+    }
+    edit_params(project, lambda p: p["codecs"]["jpeg-q40"].update(quality=45))
+    assert status(project) == {"pipeline", "encode@jpeg-q40", "report"}
+    assert ran_stages(run(["dvc", "repro"], project).stdout) == {
+        "pipeline",
+        "encode@jpeg-q40",
+        "evaluate@jpeg-q40",
+        "report",
+    }
     table = (project / "results" / "report" / "rd.csv").read_text()
-    assert "object-0.15" in table and "object-0.1," not in table
+    assert "λ=0.15" in table and "q=45" in table
+
+
+def test_a_stale_dvc_yaml_stops_repro_with_the_fix(project):
+    edit_params(
+        project, lambda p: p["codecs"].update({"jpeg-q60": {"family": "jpeg", "quality": 60}})
+    )
+    result = run(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    assert "does not match" in result.stderr + result.stdout
+    assert "run `icmflow pipeline`" in result.stderr + result.stdout
+    run(["icmflow", "pipeline"], project)
+    assert ran_stages(run(["dvc", "repro"], project).stdout) == {
+        "pipeline",
+        "encode@jpeg-q60",
+        "evaluate@jpeg-q60",
+        "report",
+    }
+
+
+def test_editing_code_reruns_the_stages_that_import_it(project):
+    images = project / "icmflow" / "datasets" / "images.py"
+    images.write_text(images.read_text() + "# a comment\n")
+    out_of_date = status(project)
+    assert {f"train@{name}" for name in LEARNED} <= out_of_date
+    assert {f"evaluate@{name}" for name in CLASSICAL} <= out_of_date
+    closure = project / "icmflow" / "evaluation" / "bdrate.py"
+    closure.write_text(closure.read_text() + "# a comment\n")
+    images.write_text(images.read_text().removesuffix("# a comment\n"))
+    assert status(project) == {"pipeline", "report"}  # bdrate.py: the report's code only
 
 
 def test_edges_stages_exist_only_for_the_datasets_listed(tmp_path):
-    for name in project_files():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, tmp_path / name)
-    run(["git", "init", "-q"], tmp_path)
-    listed = run(["dvc", "stage", "list", "--names-only"], tmp_path).split()
+    root = copy_project(tmp_path)
+    listed = run(["dvc", "stage", "list", "--names-only"], root).stdout.split()
     assert not [s for s in listed if s.startswith("edges@")] and "masks@sample" in listed
-    params_path = tmp_path / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    params["edges"]["datasets"] = ["sample"]
-    params["sam"]["checkpoint"] = "models/sam/sam_vit_b_01ec64.pth"
-    params["codecs"].append("edge-0.01")
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    listed = run(["dvc", "stage", "list", "--names-only"], tmp_path).split()
-    assert {"edges@sample", "train@edge-0.01", "evaluate@edge-0.01"} <= set(listed)
-    upstream = run(["dvc", "dag", "--outs", "train@edge-0.01"], tmp_path)
+
+    def edges(params):
+        params["edges"]["datasets"] = ["sample"]
+        params["sam"]["checkpoint"] = "models/sam/sam_vit_b_01ec64.pth"
+        params["codecs"]["edge-1"] = learned_entry("edge")
+
+    edit_params(root, edges)
+    run(["icmflow", "pipeline"], root)
+    listed = run(["dvc", "stage", "list", "--names-only"], root).stdout.split()
+    assert {"edges@sample", "train@edge-1", "evaluate@edge-1"} <= set(listed)
+    upstream = run(["dvc", "dag", "--outs", "train@edge-1"], root).stdout
     assert "data/masks/sample/edge" in upstream

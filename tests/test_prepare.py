@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
-from icmflow.errors import InputError, ProblemLog
 
 
 @pytest.fixture

@@ -13,16 +13,17 @@ from PIL import Image
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from icmflow.datasets.cityscapes import write_cityscapes
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.coco import normalise
-from icmflow.datasets.readers import read_split
+from icmflow.datasets.formats import FORMATS
+from icmflow.datasets.formats.cityscapes import write_cityscapes
+from icmflow.datasets.formats.yolo import read_names
 from icmflow.datasets.sample import LAYOUT_CLASSES
-from icmflow.datasets.yolo import read_names
-from icmflow.errors import InputError, ProblemLog
 from icmflow.masks.store import MaskStore
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
-from tests.conftest import REPO, build, real_sample
+from tests.helpers.builders import build
+from tests.helpers.project import REPO, real_sample
 
 SPLIT_PATHS = {
     "visdrone": ("{split}/annotations", "{split}/images"),
@@ -35,7 +36,7 @@ def read_layout(root, layout: str, split: str, **options) -> dict:
     annotations, images = (root / p.format(split=split) for p in SPLIT_PATHS[layout])
     if layout == "yolo":
         options.setdefault("dataset_yaml", root / "dataset.yaml")
-    raw = read_split(layout, annotations, images, ProblemLog("raise"), **options)
+    raw = FORMATS[layout].read(annotations, images, ProblemLog("raise"), **options)
     prepared = normalise(raw, images, ProblemLog("raise"), workers=1)
     prepared["icmflow"]["counts"] = raw.counts
     return prepared

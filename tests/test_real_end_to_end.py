@@ -6,25 +6,26 @@ import math
 
 import numpy as np
 
-from icmflow.coding.checkpoint import load_codec
-from icmflow.coding.codec import decompress_image
+from icmflow.codecs.checkpoint import load_codec
 from icmflow.coding.coded_dataset import encode_dataset, read_bytes_per_image
+from icmflow.coding.learned import LearnedCodec
+from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import normalise
+from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
-from icmflow.datasets.readers import read_split
-from icmflow.errors import ProblemLog
 from icmflow.evaluation.evaluate import evaluate_coded
 from icmflow.masks.store import MaskStore
-from tests.conftest import build, real_sample, save_codec
-from tests.test_training import tiny_training
+from tests.helpers.builders import build, save_codec, tiny_training
+from tests.helpers.codecs import learned_spec
+from tests.helpers.project import real_sample
 
 
 def test_train_and_encode_a_real_sample(tmp_path):
     root = real_sample("cityscapes-frankfurt1")
     images = root / "leftImg8bit" / "val"
     problems = ProblemLog("raise")
-    raw = read_split("cityscapes", root / "gtFine" / "val", images, problems)
+    raw = FORMATS["cityscapes"].read(root / "gtFine" / "val", images, problems)
     write_prepared(
         tmp_path / "val.json",
         normalise(raw, images, problems),
@@ -33,15 +34,16 @@ def test_train_and_encode_a_real_sample(tmp_path):
     )
     dataset = PreparedDataset.load(tmp_path / "val.json")
     store = MaskStore(build(dataset.data, tmp_path / "masks.zarr"))
-    model, _, _, last = tiny_training(dataset, store.path, tmp_path, steps=3)  # object loss
-    assert math.isfinite(last["loss"])
+    result = tiny_training(dataset, store.path, tmp_path, steps=3)  # object objective
+    model = result.model
+    assert math.isfinite(result.last["loss"])
     model.eval().update(force=True)
     checkpoint = save_codec(model, tmp_path / "codec.pth.tar", {"N": 8, "M": 8})
-    summary = encode_dataset(checkpoint, dataset, tmp_path / "coded")
+    summary = encode_dataset(learned_spec(checkpoint), dataset, tmp_path / "coded")
     image = dataset.images[0]
     stream = (tmp_path / "coded" / "bitstreams" / f"{image['file_name'][:-4]}.bin").read_bytes()
     decoded = read_rgb(tmp_path / "coded" / "images" / f"{image['file_name'][:-4]}.png")
-    np.testing.assert_array_equal(decoded, decompress_image(load_codec(checkpoint), stream))
+    np.testing.assert_array_equal(decoded, LearnedCodec(load_codec(checkpoint)).decode(stream))
     assert decoded.shape == (128, 256, 3)
     assert summary["bpp"] == 8 * len(stream) / (256 * 128)
     rows, metrics = evaluate_coded(

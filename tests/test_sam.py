@@ -9,7 +9,10 @@ from pycocotools.coco import COCO
 from segment_anything import sam_model_registry
 
 from icmflow.datasets.images import read_rgb
-from icmflow.masks.sam import (
+from icmflow.masks.sam_boxes import build_sam_box_masks, clip_to_boxes
+from icmflow.masks.store import MaskStore
+from icmflow.vision.sam.decoder import decode_prompts
+from icmflow.vision.sam.model import (
     CHECKPOINTS_URL,
     OFFICIAL_CHECKPOINTS,
     CheckpointError,
@@ -19,10 +22,8 @@ from icmflow.masks.sam import (
     check_checkpoint,
     sam_session,
 )
-from icmflow.masks.sam_boxes import build_sam_box_masks, clip_to_boxes
-from icmflow.masks.sam_decoder import decode_prompts
-from icmflow.masks.store import MaskStore
-from tests.sam_models import TINY, register_tiny_sam
+from tests.helpers.builders import box_union
+from tests.helpers.sam_models import TINY, register_tiny_sam
 
 TINY_SPEC = SamSpec(TINY, device="cpu")
 
@@ -140,20 +141,6 @@ def test_clip_to_boxes_keeps_pixel_centres_inside_each_box():
     expected[0, 2:5, 1:4] = True
     expected[1, :, 6:8] = True  # centres 6.5 and 7.5 lie in [6.4, 7.6)
     np.testing.assert_array_equal(clipped.numpy(), expected)
-
-
-def box_union(coco: COCO, image_id: int, include_crowd: bool) -> np.ndarray:
-    info = coco.imgs[image_id]
-    union = np.zeros((info["height"], info["width"]), dtype=bool)
-    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
-        if ann["iscrowd"]:
-            if include_crowd:
-                union |= coco.annToMask(ann).astype(bool)
-            continue
-        x, y, w, h = ann["bbox"]
-        ys, xs = np.arange(info["height"]) + 0.5, np.arange(info["width"]) + 0.5
-        union |= ((ys >= y) & (ys < y + h))[:, None] & ((xs >= x) & (xs < x + w))[None, :]
-    return union
 
 
 def test_sam_box_masks_lie_in_their_boxes_and_keep_crowd_regions(sample_prepared, tmp_path):

@@ -16,12 +16,13 @@ import yaml
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from icmflow.masks.sam import SamSpec, build_model
 from icmflow.masks.store import MaskStore, store_attrs
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
-from tests.conftest import REPO
-from tests.test_sam import box_union
+from icmflow.vision.sam.model import SamSpec, build_model
+from tests.helpers.builders import box_union
+from tests.helpers.params import learned_entry
+from tests.helpers.project import REPO
 
 runner = CliRunner()
 
@@ -60,9 +61,9 @@ def project(tmp_path, monkeypatch, sample_root, vit_b_checkpoint):
         steps=2,
         batch_size=1,
         patch_size=64,
-        model_args={"N": 8, "M": 8},
     )
-    params["codecs"] = ["mse-0.01", "edge-0.01"]
+    params["codecs"] = {"mse-1": learned_entry("mse"), "edge-1": learned_entry("edge")}
+    params["report"]["anchors"] = ["bmshj2018-hyperprior-mse"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["prepare", "one"]).exit_code == 0
@@ -87,9 +88,9 @@ def test_edges_stage_then_edge_codec_training(project):
     assert provenance["stage"] == "edges@one" and provenance["params"]["edges"]["edge_width"] == 1
     assert not (root / "data" / ".work" / "edges" / "one").exists()
 
-    invoke("train", "edge-0.01")
-    assert Paths().checkpoint("edge-0.01").is_file()
-    assert json.loads((Paths().model("edge-0.01") / "provenance.json").read_text())
+    invoke("train", "edge-1")
+    assert Paths().checkpoint("edge-1").is_file()
+    assert json.loads((Paths().model("edge-1") / "provenance.json").read_text())
 
 
 def set_params(**sections: dict) -> None:

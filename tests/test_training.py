@@ -4,16 +4,18 @@ import torch
 from compressai.losses import RateDistortionLoss as CompressAILoss
 from compressai.models import ScaleHyperprior
 
-from icmflow.coding.checkpoint import load_codec, save_checkpoint
-from icmflow.coding.codec import compress_image, decompress_image
-from icmflow.coding.registry import create_model
+from icmflow.codecs.architectures import create_model
+from icmflow.codecs.checkpoint import load_codec, save_checkpoint
+from icmflow.coding.learned import LearnedCodec
+from icmflow.core.errors import UnknownNameError
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_store
 from icmflow.masks.store import pack
-from icmflow.training.data import MaskedCrops
-from icmflow.training.losses import RateDistortionLoss
-from icmflow.training.trainer import configure_optimizers, train_codec
+from icmflow.training.data import TrainingCrops
+from icmflow.training.objectives import OBJECTIVES, Objective, rate_bpp
+from icmflow.training.trainer import TrainSettings, configure_optimizers, read_log, train_codec
+from tests.helpers.builders import tiny_training
 
 
 def fake_output(n=2, h=16, w=16, seed=0):
@@ -24,22 +26,24 @@ def fake_output(n=2, h=16, w=16, seed=0):
     }, torch.rand(n, 3, h, w, generator=g)
 
 
-def test_unmasked_loss_is_compressai_loss():
+def test_mse_objective_is_compressai_loss():
     output, x = fake_output()
-    ours = RateDistortionLoss(0.013, masked=False)(output, x)
+    ours = OBJECTIVES["mse"](lmbda=0.013)(output, {"x": x})
     theirs = CompressAILoss(lmbda=0.013)(output, x)
     torch.testing.assert_close(ours["loss"], theirs["loss"])
     torch.testing.assert_close(ours["bpp"], theirs["bpp_loss"])
 
 
-def test_masked_loss_full_mask_equals_mse_and_empty_mask_is_rate_only():
+@pytest.mark.parametrize("kind", ["object", "edge"])
+def test_masked_objectives_full_mask_equals_mse_and_empty_mask_is_rate_only(kind):
     output, x = fake_output()
-    plain = RateDistortionLoss(0.05, masked=False)(output, x)
-    masked = RateDistortionLoss(0.05, masked=True)
-    full = masked(output, x, torch.ones(2, 1, 16, 16))
+    plain = OBJECTIVES["mse"](lmbda=0.05)(output, {"x": x})
+    masked = OBJECTIVES[kind](lmbda=0.05)
+    assert masked.mask_kinds == (kind,)
+    full = masked(output, {"x": x, kind: torch.ones(2, 1, 16, 16)})
     torch.testing.assert_close(full["loss"], plain["loss"])
-    empty = masked(output, x, torch.zeros(2, 1, 16, 16))
-    assert float(empty["mse"]) == 0.0
+    empty = masked(output, {"x": x, kind: torch.zeros(2, 1, 16, 16)})
+    assert float(empty["masked_mse"]) == 0.0
     torch.testing.assert_close(empty["loss"], plain["bpp"])
 
 
@@ -47,9 +51,14 @@ def test_masked_loss_is_mean_over_all_pixels():
     output, x = fake_output()
     mask = torch.zeros(2, 1, 16, 16)
     mask[..., :8, :] = 1
-    d = RateDistortionLoss(1.0, masked=True)(output, x, mask)["mse"]
+    d = OBJECTIVES["object"](lmbda=1.0)(output, {"x": x, "object": mask})["masked_mse"]
     expected = ((output["x_hat"] - x)[..., :8, :] ** 2).sum() / x.numel()
     torch.testing.assert_close(d, expected)
+
+
+def test_unknown_objective_lists_the_registered_ones():
+    with pytest.raises(UnknownNameError, match="mse, object, edge"):
+        OBJECTIVES["texture"]
 
 
 @pytest.fixture
@@ -78,60 +87,64 @@ def marked_dataset(tmp_path):
     return PreparedDataset(tmp_path / "d.json", data), tmp_path / "m.zarr"
 
 
-def test_crops_keep_image_and_mask_aligned_also_when_padded(marked_dataset):
+def test_crops_keep_image_and_masks_aligned_also_when_padded(marked_dataset):
     dataset, store = marked_dataset
-    crops = MaskedCrops(dataset, store, patch_size=32)
+    crops = TrainingCrops(dataset, {"object": store, "edge": store}, patch_size=32)
     torch.manual_seed(0)
     for _ in range(5):
         for index in range(len(crops)):
-            x, m = crops[index]
-            assert x.shape == (3, 32, 32) and m.shape == (1, 32, 32)
-            torch.testing.assert_close(x[0], m[0])  # red channel == mask, pixel for pixel
+            sample = crops[index]
+            assert sample["x"].shape == (3, 32, 32) and sample["object"].shape == (1, 32, 32)
+            torch.testing.assert_close(sample["x"][0], sample["object"][0])  # red == mask
+            torch.testing.assert_close(sample["edge"], sample["object"])
 
 
-def test_no_mask_store_gives_full_masks(marked_dataset):
+def test_no_mask_store_gives_images_only(marked_dataset):
     dataset, _ = marked_dataset
-    _, m = MaskedCrops(dataset, None, patch_size=16)[0]
-    assert bool(m.all())
+    assert set(TrainingCrops(dataset, {}, patch_size=16)[0]) == {"x"}
 
 
-def test_optimizers_split_on_quantiles():
+def test_optimizers_split_on_quantiles_and_train_the_objective_too():
     model = create_model("bmshj2018-hyperprior", N=8, M=8)
-    main, aux = configure_optimizers(model, 1e-4, 1e-3)
+    objective = torch.nn.Linear(2, 2)
+    main, aux = configure_optimizers(model, 1e-4, 1e-3, objective)
     quantiles = {id(p) for n, p in model.named_parameters() if n.endswith(".quantiles")}
     assert {id(p) for p in aux.param_groups[0]["params"]} == quantiles
-    assert not quantiles & {id(p) for p in main.param_groups[0]["params"]}
+    main_ids = {id(p) for p in main.param_groups[0]["params"]}
+    assert not quantiles & main_ids and {id(p) for p in objective.parameters()} <= main_ids
 
 
-def tiny_training(dataset, masks, tmp_path, **overrides):
-    torch.manual_seed(0)
-    options = dict(
-        steps=4,
-        batch_size=2,
-        lr=1e-3,
-        aux_lr=1e-3,
-        clip_max_norm=1.0,
-        lr_milestones=[],
-        seed=0,
-        num_workers=0,
-        device=torch.device("cpu"),
+class ThreeTerms(Objective):
+    """An objective with a term of its own and a trainable parameter."""
+
+    def __init__(self, lmbda: float):
+        super().__init__(lmbda)
+        self.weight = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, output, batch):
+        bpp = rate_bpp(output, batch["x"])
+        texture = (output["x_hat"] - batch["x"]).abs().mean() * self.weight
+        return {"loss": bpp + self.lmbda * texture, "bpp": bpp, "texture": texture}
+
+
+def test_trainer_logs_every_term_it_gets(sample_prepared, tmp_path):
+    result = train_codec(
+        create_model("bmshj2018-hyperprior", seed=0, N=8, M=8),
+        ThreeTerms(lmbda=10.0),
+        TrainingCrops(sample_prepared["train"], {}, 64),
+        TrainSettings(steps=3, batch_size=2, lr=1e-2, aux_lr=1e-3),
         log_path=tmp_path / "log.csv",
     )
-    options.update(overrides)
-    return train_codec(
-        create_model("bmshj2018-hyperprior", N=8, M=8),
-        MaskedCrops(dataset, masks, 64),
-        RateDistortionLoss(0.05, masked=masks is not None),
-        **options,
-    )
+    rows = read_log(tmp_path / "log.csv")
+    assert list(rows[0]) == ["step", "loss", "bpp", "texture", "aux_loss", "lr"]
+    assert [r["step"] for r in rows] == [1, 2, 3] and set(result.last) == {"loss", "bpp", "texture"}
 
 
 def test_checkpoint_moves_to_compressai_with_identical_bitstreams(
     sample_prepared, sample_masks, tmp_path
 ):
-    model, optimizer, aux_optimizer, last = tiny_training(
-        sample_prepared["train"], sample_masks["train"], tmp_path
-    )
+    result = tiny_training(sample_prepared["train"], sample_masks["train"], tmp_path)
+    model = result.model
     model.update(force=True)
     path = tmp_path / "checkpoint.pth.tar"
     save_checkpoint(
@@ -140,32 +153,32 @@ def test_checkpoint_moves_to_compressai_with_identical_bitstreams(
         arch="bmshj2018-hyperprior",
         model_args={"N": 8, "M": 8},
         step=4,
-        loss=last["loss"],
-        optimizer=optimizer,
-        aux_optimizer=aux_optimizer,
+        loss=result.last["loss"],
+        optimizer=result.optimizer,
+        aux_optimizer=result.aux_optimizer,
         extra={},
     )
     lines = (tmp_path / "log.csv").read_text().splitlines()
-    assert lines[0] == "step,loss,bpp,mse,aux_loss,lr" and len(lines) == 5
+    assert lines[0] == "step,loss,bpp,masked_mse,aux_loss,lr" and len(lines) == 5
     record = torch.load(path, weights_only=False)
     assert {"state_dict", "epoch", "optimizer", "aux_optimizer"} <= set(record)
-    ours = load_codec(path)
+    ours = LearnedCodec(load_codec(path))
     theirs = ScaleHyperprior.from_state_dict(record["state_dict"]).eval()  # CompressAI's way
     theirs.update(force=True)
     rgb = read_rgb(sample_prepared["val"].image_path(sample_prepared["val"].images[0]))
-    stream = compress_image(ours, rgb)
-    assert compress_image(theirs, rgb) == stream
-    np.testing.assert_array_equal(decompress_image(theirs, stream), decompress_image(ours, stream))
+    stream = ours.encode(rgb)
+    assert LearnedCodec(theirs).encode(rgb).data == stream.data
+    np.testing.assert_array_equal(LearnedCodec(theirs).decode(stream.data), stream.decoded)
 
 
 class Crash(Exception):
     pass
 
 
-def test_training_resumes_from_saved_state(sample_prepared, tmp_path):
+def test_training_resumes_from_saved_state(sample_prepared, tmp_path, monkeypatch):
     state = tmp_path / "state.pt"
     calls = {"n": 0}
-    original = RateDistortionLoss.forward
+    original = OBJECTIVES["mse"].forward
 
     def crashing(self, *args):
         calls["n"] += 1
@@ -173,12 +186,10 @@ def test_training_resumes_from_saved_state(sample_prepared, tmp_path):
             raise Crash
         return original(self, *args)
 
-    RateDistortionLoss.forward = crashing
-    try:
-        with pytest.raises(Crash):
-            tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
-    finally:
-        RateDistortionLoss.forward = original
+    monkeypatch.setattr(OBJECTIVES["mse"], "forward", crashing)
+    with pytest.raises(Crash):
+        tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
+    monkeypatch.undo()
     assert torch.load(state, weights_only=False)["step"] == 2
     tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
     steps = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]

@@ -1,34 +1,32 @@
-"""Coded datasets: every image through the entropy coder, stored as downstream tools read them.
+"""Coded datasets: every image through a codec's real bitstream, in layouts downstream tools read.
 
 Layout of a coded dataset folder:
 
 - `images/<file_name stem>.png`: the decoded pixels, losslessly, exactly what the bitstream
   decodes to (decoded from the very bytes written beside it, in the same process);
-- `bitstreams/<file_name stem>.bin`: the bitstream (see `icmflow.coding.bitstream`);
+- `bitstreams/<file_name stem><suffix>`: the file the codec wrote (`.bin` for learned codecs,
+  see `icmflow.coding.bitstream`; `.jpg`, `.webp`, ... for classical ones);
 - `annotations.json`: the source's normalised COCO JSON, `file_name`s pointing at the PNGs;
 - `bpp.csv`: per image, bitstream bytes, pixels and bpp;
 - `summary.json`: dataset bpp = total bits / total pixels (not a mean of per-image bpp).
 
 Images are encoded in tasks of a few images on a dask cluster (or in this process), each worker
-loading the codec once. Every file is written through a rename, and images whose bitstream and
+building the codec once. Every file is written through a rename, and images whose bitstream and
 PNG already exist are not encoded again, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import csv
-from functools import cache
 from pathlib import Path
 
-from compressai.models import CompressionModel
 from distributed import Client, as_completed
 from tqdm import tqdm
 
-from icmflow.coding.checkpoint import load_codec
-from icmflow.coding.codec import compress_image, decompress_image
+from icmflow.coding.image_codec import CodecSpec
+from icmflow.core.files import write_bytes, write_csv, write_json
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.files import write_bytes, write_json
 
 BPP_FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp")
 
@@ -37,42 +35,34 @@ def _stem(file_name: str) -> str:
     return str(Path(file_name).with_suffix(""))
 
 
-@cache
-def _codec(checkpoint: str, device: str) -> CompressionModel:
-    """One codec per worker process and checkpoint."""
-    return load_codec(Path(checkpoint)).to(device)
-
-
-def _encode_images(checkpoint: str, device: str, out: str, images: list[tuple[str, str]]) -> int:
+def _encode_images(spec: CodecSpec, out: str, images: list[tuple[str, str]]) -> int:
     """Encode (source path, file stem) pairs into `out`; returns how many were done."""
-    model = _codec(checkpoint, device)
+    codec = spec.build()
     for source, stem in images:
         bitstream, decoded = (
-            Path(out, "bitstreams", f"{stem}.bin"),
+            Path(out, "bitstreams", f"{stem}{spec.suffix}"),
             Path(out, "images", f"{stem}.png"),
         )
         if bitstream.is_file() and decoded.is_file():
             continue  # done by an earlier, interrupted run
-        stream = compress_image(model, read_rgb(source))
-        decoded.parent.mkdir(parents=True, exist_ok=True)
-        write_png(decoded, decompress_image(model, stream))
-        write_bytes(bitstream, stream)  # last: its presence marks the image done
+        coded = codec.encode(read_rgb(source))
+        write_png(decoded, coded.decoded)
+        write_bytes(bitstream, coded.data)  # last: its presence marks the image done
     return len(images)
 
 
 def encode_dataset(
-    checkpoint: Path,
+    spec: CodecSpec,
     dataset: PreparedDataset,
     out: Path,
     *,
-    device: str = "cpu",
     client: Client | None = None,
     images_per_task: int = 8,
 ) -> dict:
     """Encode and decode every image of `dataset` into the folder `out`; returns the summary."""
     jobs = [(str(dataset.image_path(im)), _stem(im["file_name"])) for im in dataset.images]
     tasks = [jobs[i : i + images_per_task] for i in range(0, len(jobs), images_per_task)]
-    args = (str(checkpoint), device, str(out))
+    args = (spec, str(out))
     with tqdm(total=len(jobs), desc=f"encode {dataset.path.name}", unit="img") as bar:
         if client is None:
             for task in tasks:
@@ -81,15 +71,15 @@ def encode_dataset(
             futures = [client.submit(_encode_images, *args, task, pure=False) for task in tasks]
             for future in as_completed(futures):
                 bar.update(future.result())
-    return _write_index(dataset, out)
+    return _write_index(dataset, out, spec.suffix)
 
 
-def _write_index(dataset: PreparedDataset, out: Path) -> dict:
+def _write_index(dataset: PreparedDataset, out: Path, suffix: str) -> dict:
     """bpp.csv, summary.json and annotations.json of a folder whose images are all coded."""
     rows, images = [], []
     for image in dataset.images:
         stem = _stem(image["file_name"])
-        size = (out / "bitstreams" / f"{stem}.bin").stat().st_size
+        size = (out / "bitstreams" / f"{stem}{suffix}").stat().st_size
         pixels = image["width"] * image["height"]
         rows.append(
             {
@@ -101,10 +91,7 @@ def _write_index(dataset: PreparedDataset, out: Path) -> dict:
             }
         )
         images.append({**image, "file_name": f"{stem}.png"})
-    with (out / "bpp.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, BPP_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "bpp.csv", rows, BPP_FIELDS)
     total_bits = 8 * sum(r["bytes"] for r in rows)
     total_pixels = sum(r["pixels"] for r in rows)
     summary = {

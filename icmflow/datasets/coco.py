@@ -35,9 +35,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb, undecodable
-from icmflow.errors import InputError, ProblemLog
-from icmflow.masks.rle import annotation_rle, rle_area_and_bbox
+from icmflow.datasets.rle import annotation_rle, rle_area_and_bbox
 
 EDGE_TOLERANCE = 1.0
 """Pixels by which polygon and box coordinates may lie outside the image (COCO rounds so)."""

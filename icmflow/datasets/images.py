@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from icmflow.files import write_bytes
+from icmflow.core.files import write_bytes
 
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = frozenset({5, 6, 7, 8})

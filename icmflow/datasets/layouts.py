@@ -13,9 +13,9 @@ from typing import Literal
 
 from tqdm import tqdm
 
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.coco import Origin, RawDataset
 from icmflow.datasets.images import Header, read_header, undecodable
-from icmflow.errors import InputError, ProblemLog
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from icmflow.core.errors import MissingInputError
+from icmflow.core.files import write_json
 from icmflow.datasets.coco import annotations_by_image, load_json
-from icmflow.files import write_json
 
 
 def write_prepared(path: Path, dataset: dict, *, image_root: Path, final_dir: Path) -> None:
@@ -36,7 +37,7 @@ class PreparedDataset:
     def load(cls, path: Path | str) -> PreparedDataset:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: prepared dataset not found; run `icmflow prepare`")
+            raise MissingInputError(f"{path}: prepared dataset not found; run `icmflow prepare`")
         return cls(path, load_json(path))
 
     @property

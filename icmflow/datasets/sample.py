@@ -21,12 +21,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from icmflow.datasets.cityscapes import write_cityscapes
+from icmflow.core.files import write_json
+from icmflow.datasets.formats.cityscapes import write_cityscapes
+from icmflow.datasets.formats.visdrone import IGNORED_CATEGORY, write_visdrone
+from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo
 from icmflow.datasets.images import write_png
-from icmflow.datasets.visdrone import IGNORED_CATEGORY, write_visdrone
-from icmflow.datasets.yolo import write_dataset_yaml, write_yolo
-from icmflow.files import write_json
-from icmflow.masks.rle import uncompressed_rle
+from icmflow.datasets.rle import uncompressed_rle
 
 SIZES = ((256, 192), (240, 208), (288, 224), (224, 224))
 """(width, height) choices: a few hundred pixels, short sides above MS-SSIM's 161-pixel minimum."""

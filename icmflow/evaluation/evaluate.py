@@ -7,6 +7,7 @@ from statistics import fmean
 
 from tqdm import tqdm
 
+from icmflow.core.errors import MissingInputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.metrics import image_metrics
@@ -37,7 +38,9 @@ def evaluate_coded(
     for image in tqdm(source.images, desc="evaluate", unit="img"):
         image_id = image["id"]
         if image_id not in coded_by_id or image_id not in bytes_per_image:
-            raise ValueError(f"{coded.path}: image id {image_id} was not coded; rerun encode")
+            raise MissingInputError(
+                f"{coded.path}: image id {image_id} was not coded; rerun encode"
+            )
         original = read_rgb(source.image_path(image))
         decoded = read_rgb(coded.image_path(coded_by_id[image_id]))
         row = {"image_id": image_id, "file_name": image["file_name"]}

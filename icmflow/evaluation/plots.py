@@ -11,30 +11,35 @@ QUALITY = {"psnr": "PSNR (dB)", "object_psnr": "object-region PSNR (dB)", "ms_ss
 
 
 def plot_rd(rows: Sequence[dict], quality: str, path: Path, title: str) -> None:
-    """Quality against bpp, one line per loss, each point labelled with its λ."""
-    fig = Figure(figsize=(6, 4.5), dpi=120)
+    """Quality against bpp, one line per series (classical codecs dashed), points labelled
+    with their setting (λ or quality)."""
+    fig = Figure(figsize=(7, 5), dpi=120)
     ax = fig.subplots()
-    for loss in sorted({r["loss"] for r in rows}):
-        points = sorted((r["bpp"], r[quality], r["lambda"]) for r in rows if r["loss"] == loss)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=loss)
-        for bpp, value, lmbda in points:
+    for series in sorted({r["series"] for r in rows}):
+        points = sorted(
+            (r["bpp"], r[quality], r["setting"], r["family"]) for r in rows if r["series"] == series
+        )
+        style = "-" if points[0][3] == "learned" else "--"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=series)
+        for bpp, value, setting, _ in points:
             ax.annotate(
-                f"{lmbda:g}", (bpp, value), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                setting, (bpp, value), fontsize=6, xytext=(3, 3), textcoords="offset points"
             )
     ax.set_xlabel("bits per pixel (bitstream bytes × 8 / pixels)")
     ax.set_ylabel(QUALITY[quality])
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(title="loss (points: λ)")
+    ax.legend(title="series (dashed: classical)", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
 
 def plot_training_log(rows: Sequence[dict], path: Path, title: str) -> None:
-    """Loss, bpp and distortion against the training step, one panel each."""
-    fig = Figure(figsize=(10, 3.2), dpi=110)
+    """Every logged term against the training step, one panel each (log scale for `loss`)."""
+    keys = [k for k in rows[0] if k != "step"] if rows else []
+    fig = Figure(figsize=(3.2 * max(len(keys), 1), 3.2), dpi=110)
     steps = [r["step"] for r in rows]
-    for ax, key in zip(fig.subplots(1, 3), ("loss", "bpp", "mse"), strict=True):
+    for ax, key in zip(fig.subplots(1, max(len(keys), 1), squeeze=False)[0], keys, strict=False):
         ax.plot(steps, [r[key] for r in rows], linewidth=0.8)
         ax.set_xlabel("step")
         ax.set_title(key)

@@ -1,29 +1,34 @@
-"""The RD report: one table over all codecs and the BD-rates of each loss against the anchor."""
+"""The RD report: one table over all codecs, and BD-rates of every series against each anchor.
+
+A *series* is the RD curve of a group of codecs (one architecture and objective at several λ, or
+one classical family at several qualities); BD-rates compare series, never single codecs.
+"""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 from icmflow.evaluation.bdrate import bd_rate
 from icmflow.evaluation.plots import QUALITY
 
-COLUMNS = ("codec", "loss", "lambda", "bpp", "psnr", "object_psnr", "ms_ssim", "images")
+COLUMNS = (
+    "codec",
+    "family",
+    "series",
+    "setting",
+    "bpp",
+    "psnr",
+    "object_psnr",
+    "ms_ssim",
+    "images",
+)
 
 
 def rd_table(metrics: Sequence[dict]) -> list[dict]:
-    """One row per codec, sorted by loss then bpp."""
+    """One row per codec, sorted by series then bpp."""
     rows = [{column: m[column] for column in COLUMNS} for m in metrics]
-    return sorted(rows, key=lambda r: (r["loss"], r["bpp"]))
-
-
-def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    return sorted(rows, key=lambda r: (r["series"], r["bpp"]))
 
 
 def _cell(value: object) -> str:
@@ -38,28 +43,29 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bd_rates(rows: Sequence[dict], anchor: str, method: str) -> list[dict]:
-    """BD-rate (%) of every other loss against `anchor`, for each quality metric."""
-    losses = sorted({r["loss"] for r in rows} - {anchor})
-    anchor_rows = [r for r in rows if r["loss"] == anchor]
+def bd_rates(rows: Sequence[dict], anchors: Sequence[str], method: str) -> list[dict]:
+    """BD-rate (%) of every other series against each anchor series, per quality metric."""
+    series = sorted({r["series"] for r in rows})
     results = []
-    for loss in losses:
-        test_rows = [r for r in rows if r["loss"] == loss]
-        for quality in QUALITY:
-            result = bd_rate(
-                [r["bpp"] for r in anchor_rows],
-                [r[quality] for r in anchor_rows],
-                [r["bpp"] for r in test_rows],
-                [r[quality] for r in test_rows],
-                method=method,
-            )
-            results.append(
-                {
-                    "test": loss,
-                    "anchor": anchor,
-                    "quality": quality,
-                    "bd_rate_percent": result.percent,
-                    "note": result.note,
-                }
-            )
+    for anchor in anchors:
+        anchor_rows = [r for r in rows if r["series"] == anchor]
+        for test in (s for s in series if s != anchor):
+            test_rows = [r for r in rows if r["series"] == test]
+            for quality in QUALITY:
+                result = bd_rate(
+                    [r["bpp"] for r in anchor_rows],
+                    [r[quality] for r in anchor_rows],
+                    [r["bpp"] for r in test_rows],
+                    [r[quality] for r in test_rows],
+                    method=method,
+                )
+                results.append(
+                    {
+                        "test": test,
+                        "anchor": anchor,
+                        "quality": quality,
+                        "bd_rate_percent": result.percent,
+                        "note": result.note,
+                    }
+                )
     return results

@@ -18,13 +18,13 @@ import numpy as np
 from distributed import Client, as_completed
 from tqdm import tqdm
 
+from icmflow.core.errors import InputError
+from icmflow.core.files import remove, replace
+from icmflow.core.resume import WorkDir, fingerprint
 from icmflow.datasets.coco import annotations_by_image, geometry_problem
 from icmflow.datasets.images import read_rgb
-from icmflow.errors import InputError
-from icmflow.files import remove, replace
-from icmflow.masks.rle import object_mask
+from icmflow.datasets.rle import object_mask
 from icmflow.masks.store import create_store, mark_complete, pack, store_attrs, write_shard
-from icmflow.resume import WorkDir, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ non-maximum suppression — but skips what an edge mask does not need:
 Memory: besides the model and the encoder (which works at 1024×1024 whatever the image size),
 the decoder holds `points_per_batch` prompts at a time, every candidate keeps 256 KiB of logits
 (at most 3·points_per_side² candidates: 768 MiB at 32 points per side if no threshold removes
-any), and full-resolution work is chunked to `SamSpec.memory_mb`; see `icmflow.masks.sam`.
+any), and full-resolution work is chunked to `SamSpec.memory_mb`; see `icmflow.vision.sam.model`.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops import batched_nms
 
+from icmflow.core.resume import fingerprint
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_store, read_image
-from icmflow.masks.sam import SamRunner, SamSpec, sam_session
 from icmflow.masks.store import pack
-from icmflow.resume import fingerprint
+from icmflow.vision.sam.model import SamRunner, SamSpec, sam_session
 
 STABILITY_SCORE_OFFSET = 1.0
 """SAM's default logit offset for the stability score."""

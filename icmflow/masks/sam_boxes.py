@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from distributed import Client
 
+from icmflow.core.resume import fingerprint
 from icmflow.datasets.prepared import PreparedDataset
+from icmflow.datasets.rle import object_mask
 from icmflow.masks.build import build_store, check_geometry, group_by_shard, read_image
-from icmflow.masks.rle import object_mask
-from icmflow.masks.sam import SamRunner, SamSpec, sam_session
 from icmflow.masks.store import pack
-from icmflow.resume import fingerprint
+from icmflow.vision.sam.model import SamRunner, SamSpec, sam_session
 
 
 def clip_to_boxes(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

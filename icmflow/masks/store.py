@@ -45,6 +45,8 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from icmflow.core.errors import MissingInputError
+
 FORMAT = "icmflow-mask-store"
 VERSION = 2
 PACKING = "numpy.packbits(mask, axis=0)"
@@ -56,7 +58,7 @@ _EMPTY = 2**64 - 1
 """Offset and length of a chunk absent from a shard (all zero, the fill value)."""
 
 
-class IncompleteStoreError(RuntimeError):
+class IncompleteStoreError(MissingInputError):
     """The store exists but its builder never finished."""
 
 
@@ -168,11 +170,11 @@ class MaskStore:
             group = zarr.open_group(path, mode="r")
             self.attrs = dict(group.attrs["icmflow"])
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path}: no mask store here; run `icmflow masks` (or `dvc repro`) first"
             ) from None
         if self.attrs.get("version") != VERSION:
-            raise ValueError(
+            raise MissingInputError(
                 f"{path}: mask store version {self.attrs.get('version')}, this icmflow reads "
                 f"version {VERSION}; rebuild it (rerun its stage)"
             )

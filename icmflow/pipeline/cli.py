@@ -3,49 +3,116 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from icmflow.errors import InputError
-from icmflow.pipeline.params import Params, ParamsError, load_params
+from icmflow.core.errors import IcmflowError
+from icmflow.core.files import write_text
 from icmflow.pipeline.paths import Paths
+
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # compressai
 
 app = typer.Typer(
     help="Image coding for machines: sample -> prepare -> masks (and edges) -> train -> "
-    "encode -> evaluate -> report. Every command reads params.yaml; `dvc repro` runs them all.",
+    "encode -> evaluate -> report. Every command reads params.yaml; `icmflow pipeline` writes "
+    "dvc.yaml from it and `dvc repro` runs them all.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-_settings: dict[str, Path] = {}
+_settings: dict = {}
 Dataset = Annotated[str, typer.Argument(help="A key of `datasets` in params.yaml.")]
 
 
 @app.callback()
 def main(
     params: Annotated[Path, typer.Option(help="The project's params file.")] = Path("params.yaml"),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Debug logging, and the traceback of any bug."),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    _settings["params"] = params
+    _settings.update(params=params, verbose=verbose)
+
+
+def _fail(command: str, message: str, code: int) -> None:
+    typer.secho(f"icmflow {command}: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _guarded(command: str, action) -> None:
+    """Run `action`; a user's problem prints its message, a bug says how to see its traceback."""
+    try:
+        action()
+    except IcmflowError as err:
+        _fail(command, str(err), 1)
+    except Exception as err:
+        if _settings.get("verbose"):
+            raise
+        _fail(
+            command,
+            f"unexpected {type(err).__name__}: {err}\n(a bug in icmflow or a library: rerun "
+            f"with `icmflow -v {command} ...` to see where it happened)",
+            2,
+        )
 
 
 def _run(stage: str, *args: str) -> None:
-    """Load params, run `icmflow.stages.<stage>.run`, and turn known failures into messages."""
-    import importlib
+    """Load params and run `icmflow.stages.<stage>.run`."""
 
-    try:
-        params: Params = load_params(_settings["params"])
-        module = importlib.import_module(f"icmflow.stages.{stage}")
-        module.run(params, Paths(), *args)
-    except (ParamsError, InputError, FileNotFoundError, ValueError) as err:
-        typer.secho(f"icmflow {stage}: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    def action() -> None:
+        import importlib
+
+        from icmflow.pipeline.params import load_params
+
+        params = load_params(_settings["params"])
+        importlib.import_module(f"icmflow.stages.{stage}").run(params, Paths(), *args)
+
+    _guarded(stage, action)
+
+
+@app.command()
+def pipeline(
+    check: Annotated[
+        bool, typer.Option(help="Only check that dvc.yaml is current (exit 1 if not).")
+    ] = False,
+) -> None:
+    """Write dvc.yaml from params.yaml and the code's imports (then run `dvc repro`)."""
+
+    def action() -> None:
+        import yaml
+
+        from icmflow.pipeline.dvcfile import CHECK_OUT, CHECK_TEXT, render, stale
+        from icmflow.pipeline.params import ParamsError, check_registered, load_params
+
+        path = _settings["params"]
+        params = load_params(path)
+        if not check:  # --check runs before every repro: the stages using them check these
+            check_registered(params)
+        root = Path(path).resolve().parent
+        text = render(params, yaml.safe_load(Path(path).read_text(encoding="utf-8")), root)
+        target = root / "dvc.yaml"
+        if check:
+            if stale(target, text):
+                raise ParamsError(
+                    f"{target} does not match {path} and the code: run `icmflow pipeline`, "
+                    "then `dvc repro` again (`make repro` does both)"
+                )
+            write_text(root / CHECK_OUT, CHECK_TEXT)
+        elif stale(target, text):
+            write_text(target, text)
+            typer.echo(f"wrote {target}")
+        else:
+            typer.echo(f"{target} is current")
+
+    _guarded("pipeline", action)
 
 
 @app.command()
@@ -74,19 +141,19 @@ def edges(dataset: Dataset) -> None:
 
 Codec = Annotated[
     str,
-    typer.Argument(help="A codec of `codecs` in params.yaml: <loss>-<lambda>, e.g. object-0.05."),
+    typer.Argument(help="A key of `codecs` in params.yaml, e.g. hyperprior-object-2."),
 ]
 
 
 @app.command()
 def train(codec: Codec) -> None:
-    """Train one codec with its rate-distortion loss; save a CompressAI-style checkpoint."""
+    """Train one learned codec with its objective; save a CompressAI-style checkpoint."""
     _run("train", codec)
 
 
 @app.command()
 def encode(codec: Codec) -> None:
-    """Encode the `encode` dataset split to real bitstreams and decoded PNGs."""
+    """Code the `encode` dataset split to real bitstreams and decoded PNGs (any codec family)."""
     _run("encode", codec)
 
 

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from icmflow.files import write_json
+from icmflow.core.files import write_json
 
 PACKAGES = (
     "icmflow",

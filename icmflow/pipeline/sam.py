@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from icmflow.devices import resolve_device, visible_gpus
-from icmflow.masks.sam import CheckpointError, SamSpec, check_checkpoint
+from icmflow.core.errors import CheckpointError
 from icmflow.pipeline.params import Params, ParamsError
+from icmflow.runtime.devices import resolve_device, visible_gpus
+from icmflow.vision.sam.model import SamSpec, check_checkpoint
 
 
 def sam_spec(params: Params) -> SamSpec:

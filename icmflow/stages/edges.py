@@ -30,7 +30,7 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
     spec = sam_spec(params)
     settings = EdgeSettings(**options.model_dump(exclude={"datasets"}))
 
-    def build(prepared: PreparedDataset, out: Path, work: Path, client: Client) -> None:
+    def build(prepared: PreparedDataset, out: Path, work: Path, client: Client | None) -> None:
         build_edge_masks(
             prepared,
             out,

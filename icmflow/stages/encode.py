@@ -1,45 +1,55 @@
-"""Stage `encode@<loss>-<λ>`: a coded dataset through the codec's real entropy coder."""
+"""Stage `encode@<codec>`: a coded dataset through the codec's real bitstreams, any family."""
 
 from __future__ import annotations
 
 import logging
 
 from icmflow.coding.coded_dataset import encode_dataset
+from icmflow.coding.image_codec import CodecSpec
+from icmflow.core.errors import MissingInputError
+from icmflow.core.files import replace
+from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.files import replace
-from icmflow.parallel import dask_client
-from icmflow.pipeline.params import Params
+from icmflow.pipeline.params import Params, check_registered, is_learned
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
-from icmflow.resume import WorkDir, file_digest, fingerprint
+from icmflow.runtime.cluster import dask_client
 
 log = logging.getLogger(__name__)
 
 
-def run(params: Params, paths: Paths, name: str) -> None:
-    params.codec(name)
-    options = params.encode
-    dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
+    """What the workers build codec `name` from: its checkpoint, or its classical settings."""
+    entry = params.codec(name)
+    if not is_learned(entry):
+        return entry.codec()
+    from icmflow.coding.learned import LearnedCodecSpec  # PyTorch: learned codecs only
+
+    check_registered(params)
     checkpoint = paths.checkpoint(name)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: not found; run `icmflow train {name}` first")
-    work = WorkDir(
-        paths.work("encode", name),
-        fingerprint(file_digest(checkpoint), file_digest(dataset.path), options.device),
-    )
+        raise MissingInputError(f"{checkpoint}: not found; run `icmflow train {name}` first")
+    return LearnedCodecSpec(str(checkpoint), file_digest(checkpoint), params.encode.device)
+
+
+def run(params: Params, paths: Paths, name: str) -> None:
+    options = params.encode
+    dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    spec = codec_spec(params, paths, name)
+    work = WorkDir(paths.work("encode", name), fingerprint(spec, file_digest(dataset.path)))
     if not work.resume():
         work.seal()
     out = work.path / "out"
-    with dask_client(options.scheduler, n_workers=options.n_workers) as client:
+    tasks = -(-len(dataset.images) // options.images_per_task)
+    with dask_client(options.scheduler, n_workers=options.n_workers, tasks=tasks) as client:
         summary = encode_dataset(
-            checkpoint,
-            dataset,
-            out,
-            device=options.device,
-            client=client,
-            images_per_task=options.images_per_task,
+            spec, dataset, out, client=client, images_per_task=options.images_per_task
         )
-    write_provenance(out, f"encode@{name}", {"codec": name, "encode": options.model_dump()})
+    write_provenance(
+        out,
+        f"encode@{name}",
+        {"codec": {name: params.codec(name).model_dump()}, "encode": options.model_dump()},
+    )
     replace(out, paths.coded(name))
     work.discard()
     log.info(

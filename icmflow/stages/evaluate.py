@@ -1,12 +1,11 @@
-"""Stage `evaluate@<loss>-<λ>`: bpp, PSNR, object-region PSNR and MS-SSIM of one codec."""
+"""Stage `evaluate@<codec>`: bpp, PSNR, object-region PSNR and MS-SSIM of one coded dataset."""
 
 from __future__ import annotations
 
 from icmflow.coding.coded_dataset import read_bytes_per_image
+from icmflow.core.files import atomic_directory, write_csv, write_json
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.evaluate import evaluate_coded
-from icmflow.evaluation.report import write_csv
-from icmflow.files import atomic_directory, write_json
 from icmflow.masks.store import MaskStore
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
@@ -14,7 +13,7 @@ from icmflow.pipeline.provenance import write_provenance
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
-    codec, options = params.codec(name), params.encode
+    entry, options = params.codec(name), params.encode
     coded_dir = paths.coded(name)
     rows, summary = evaluate_coded(
         PreparedDataset.load(paths.prepared_split(options.dataset, options.split)),
@@ -24,12 +23,12 @@ def run(params: Params, paths: Paths, name: str) -> None:
     )
     with atomic_directory(paths.metrics(name)) as out:
         write_csv(out / "per_image.csv", rows, list(rows[0]) if rows else [])
-        write_json(
-            out / "metrics.json",
-            {"codec": name, "loss": codec.loss, "lambda": codec.lmbda, **summary},
-        )
+        write_json(out / "metrics.json", {"codec": name, **summary})
         write_provenance(
             out,
             f"evaluate@{name}",
-            {"codec": name, "encode": {"dataset": options.dataset, "split": options.split}},
+            {
+                "codec": {name: entry.model_dump()},
+                "encode": {"dataset": options.dataset, "split": options.split},
+            },
         )

@@ -11,18 +11,17 @@ from typing import Any
 
 from distributed import Client
 
+from icmflow.core.files import remove, replace
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.files import remove, replace
 from icmflow.masks.build import build_object_masks
-from icmflow.masks.sam_boxes import build_sam_box_masks
-from icmflow.parallel import dask_client
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
-from icmflow.pipeline.sam import sam_gpus, sam_spec
+from icmflow.runtime.cluster import dask_client
 
-SplitBuilder = Callable[[PreparedDataset, Path, Path, Client], Any]
-"""Builds one split's store: (prepared split, store path, work directory, dask client)."""
+SplitBuilder = Callable[[PreparedDataset, Path, Path, Client | None], Any]
+"""Builds one split's store: (prepared split, store path, work directory, dask client or None
+to build in this process)."""
 
 
 def build_split_stores(
@@ -47,15 +46,19 @@ def build_split_stores(
     staging.mkdir(parents=True, exist_ok=True)
     for stale in set(staging.iterdir()) - {staging / f"{split}.zarr" for split in splits}:
         remove(stale)
+    prepared = {
+        split: PreparedDataset.load(paths.prepared_split(dataset, split)) for split in splits
+    }
+    shards = sum(-(-len(p.images) // options.images_per_shard) for p in prepared.values())
     with dask_client(
         options.scheduler,
         n_workers=options.n_workers,
         threads_per_worker=options.threads_per_worker,
         gpus=gpus,
+        tasks=shards,
     ) as client:
-        for split in splits:
-            prepared = PreparedDataset.load(paths.prepared_split(dataset, split))
-            build(prepared, staging / f"{split}.zarr", work / f"build-{split}", client)
+        for split, data in prepared.items():
+            build(data, staging / f"{split}.zarr", work / f"build-{split}", client)
     write_provenance(staging, f"{stage}@{dataset}", recorded)
     replace(staging, paths.masks(kind, dataset))
     remove(work)
@@ -66,11 +69,14 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
     include_crowd = options.crowd == "include"
     recorded: dict[str, Any] = {"masks": options.model_dump()}
     gpus: list[str] = []
-    if options.source == "sam-boxes":
+    if options.source == "sam-boxes":  # PyTorch and SAM: imported for this source only
+        from icmflow.masks.sam_boxes import build_sam_box_masks
+        from icmflow.pipeline.sam import sam_gpus, sam_spec
+
         spec = sam_spec(params)
         gpus, recorded["sam"] = sam_gpus(spec), params.sam.model_dump()
 
-        def build(prepared: PreparedDataset, out: Path, work: Path, client: Client) -> None:
+        def build(prepared: PreparedDataset, out: Path, work: Path, client: Client | None) -> None:
             build_sam_box_masks(
                 prepared,
                 out,
@@ -83,7 +89,7 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
             )
     else:
 
-        def build(prepared: PreparedDataset, out: Path, work: Path, client: Client) -> None:
+        def build(prepared: PreparedDataset, out: Path, work: Path, client: Client | None) -> None:
             build_object_masks(
                 prepared.data,
                 out,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from icmflow.core.errors import ProblemLog
+from icmflow.core.files import atomic_directory, write_json
 from icmflow.datasets.coco import normalise
+from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.prepared import write_prepared
-from icmflow.datasets.readers import read_split
-from icmflow.errors import ProblemLog
-from icmflow.files import atomic_directory, write_json
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -18,14 +18,14 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, paths: Paths, dataset: str) -> None:
     source = params.dataset(dataset)
-    options = source.reader_options()
+    options = source.reader_kwargs()
     problems = ProblemLog(params.prepare.on_error)
     final = paths.prepared(dataset)
     counts = {}
     with atomic_directory(final) as out:
         for split in source.splits:
             annotations, images = source.split_paths(split)
-            raw = read_split(source.format, annotations, images, problems, **options)
+            raw = FORMATS[source.format].read(annotations, images, problems, **options)
             prepared = normalise(
                 raw,
                 images,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from icmflow.core.files import atomic_directory
 from icmflow.datasets.sample import write_sample
-from icmflow.files import atomic_directory
 from icmflow.pipeline.params import Params
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance

@@ -1,13 +1,15 @@
-"""Training samples: random crops of images with the identical crop of their mask."""
+"""Training samples: random crops of images with the identical crops of their masks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from icmflow.core.errors import MissingInputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.store import MaskStore
@@ -22,60 +24,70 @@ def pad_to(array: np.ndarray, size: int) -> np.ndarray:
     return np.pad(array, widths, mode="symmetric")
 
 
-class MaskedCrops(Dataset):
-    """`(x, m)` pairs: a random `patch_size` crop of an image in [0, 1] (3×P×P) and of its mask.
+class TrainingCrops(Dataset):
+    """Samples `{"x": 3×P×P image in [0, 1], <kind>: 1×P×P mask, ...}`: one random `patch_size`
+    crop of an image and the same crop of its mask of every kind in `masks` (kind -> store).
 
-    Images smaller than the crop are mirror-padded first, image and mask alike. Without a mask
-    store the mask is all ones. With `cache`, decoded images and masks stay in memory (for
-    small datasets; each DataLoader worker holds its own copy).
+    Images smaller than the crop are mirror-padded first, image and masks alike. With `cache`,
+    decoded images and masks stay in memory (for small datasets; each DataLoader worker holds
+    its own copy).
     """
 
     def __init__(
-        self, dataset: PreparedDataset, masks: Path | None, patch_size: int, cache: bool = False
+        self,
+        dataset: PreparedDataset,
+        masks: Mapping[str, Path],
+        patch_size: int,
+        cache: bool = False,
     ):
-        self.dataset, self.masks_path, self.patch_size = dataset, masks, patch_size
-        self._store: MaskStore | None = None
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
-        if masks is not None:
-            missing = [im["id"] for im in dataset.images if im["id"] not in self.store]
+        self.dataset, self.mask_paths, self.patch_size = dataset, dict(masks), patch_size
+        self._stores: dict[str, MaskStore] = {}
+        self._cache: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] | None = (
+            {} if cache else None
+        )
+        for kind in self.mask_paths:
+            missing = [im["id"] for im in dataset.images if im["id"] not in self._store(kind)]
             if missing:
-                raise ValueError(f"{masks}: no mask for image ids {missing[:5]}; rebuild the masks")
+                raise MissingInputError(
+                    f"{self.mask_paths[kind]}: no mask for image ids {missing[:5]} of "
+                    f"{dataset.path}; rebuild the masks"
+                )
 
-    @property
-    def store(self) -> MaskStore:
-        if self._store is None:  # opened lazily: each DataLoader worker opens its own
-            self._store = MaskStore(self.masks_path)
-        return self._store
+    def _store(self, kind: str) -> MaskStore:
+        if kind not in self._stores:  # opened lazily: each DataLoader worker opens its own
+            self._stores[kind] = MaskStore(self.mask_paths[kind])
+        return self._stores[kind]
 
     def __len__(self) -> int:
         return len(self.dataset.images)
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         image = self.dataset.images[index]
         rgb = read_rgb(self.dataset.image_path(image))
-        if self.masks_path is None:
-            mask = np.ones(rgb.shape[:2], dtype=bool)
-        else:
-            mask = self.store.mask(image["id"])
-        if mask.shape != rgb.shape[:2]:
-            raise ValueError(
-                f"{self.masks_path}: mask of image id {image['id']} is {mask.shape[::-1]}, "
-                f"image {self.dataset.image_path(image)} is {rgb.shape[1::-1]}; rebuild the masks"
-            )
-        p = self.patch_size
-        rgb, mask = pad_to(rgb, p), pad_to(mask, p)
+        masks = {}
+        for kind, path in self.mask_paths.items():
+            mask = self._store(kind).mask(image["id"])
+            if mask.shape != rgb.shape[:2]:
+                raise MissingInputError(
+                    f"{path}: mask of image id {image['id']} is {mask.shape[::-1]}, image "
+                    f"{self.dataset.image_path(image)} is {rgb.shape[1::-1]}; rebuild the masks"
+                )
+            masks[kind] = pad_to(mask, self.patch_size)
+        loaded = pad_to(rgb, self.patch_size), masks
         if self._cache is not None:
-            self._cache[index] = rgb, mask
-        return rgb, mask
+            self._cache[index] = loaded
+        return loaded
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb, mask = self._load(index)
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rgb, masks = self._load(index)
         p = self.patch_size
         top = int(torch.randint(0, rgb.shape[0] - p + 1, ()))
         left = int(torch.randint(0, rgb.shape[1] - p + 1, ()))
         crop = np.ascontiguousarray(rgb[top : top + p, left : left + p])
-        x = torch.from_numpy(crop).permute(2, 0, 1).float().div(255.0)
-        m = torch.from_numpy(np.ascontiguousarray(mask[top : top + p, left : left + p]))
-        return x, m.float().unsqueeze(0)
+        sample = {"x": torch.from_numpy(crop).permute(2, 0, 1).float().div(255.0)}
+        for kind, mask in masks.items():
+            window = np.ascontiguousarray(mask[top : top + p, left : left + p])
+            sample[kind] = torch.from_numpy(window).float().unsqueeze(0)
+        return sample

@@ -28,10 +28,11 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
 
-from icmflow.devices import resolve_device
-from icmflow.masks.sam_decoder import decode_prompts
-from icmflow.parallel import worker_threads
-from icmflow.resume import file_digest
+from icmflow.core.errors import CheckpointError, UnknownNameError
+from icmflow.core.resume import file_digest
+from icmflow.runtime.cluster import worker_threads
+from icmflow.runtime.devices import resolve_device
+from icmflow.vision.sam.decoder import decode_prompts
 
 OFFICIAL_CHECKPOINTS = {
     "vit_b": "sam_vit_b_01ec64.pth",
@@ -51,10 +52,6 @@ of faulting in fresh pages, about twice as fast as 64 at a time (measured); GPUs
 batches."""
 
 _PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
-
-
-class CheckpointError(ValueError):
-    """A SAM checkpoint is missing, unreadable, or not a checkpoint of the model type."""
 
 
 def where_to_get_checkpoints() -> str:
@@ -91,7 +88,7 @@ def _builder(model_type: str):
         return sam_model_registry[model_type]
     except KeyError:
         known = ", ".join(k for k in sam_model_registry if k != "default")
-        raise ValueError(f"unknown SAM model type {model_type!r}; known: {known}") from None
+        raise UnknownNameError(f"unknown SAM model type {model_type!r}; known: {known}") from None
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

@@ -44,12 +44,17 @@ def dask_client(
     n_workers: int = 2,
     threads_per_worker: int = 1,
     gpus: Sequence[str] = (),
-) -> Iterator[Client]:
+    tasks: int | None = None,
+) -> Iterator[Client | None]:
     """A client of the cluster at `scheduler`, or of a new local cluster of worker processes.
 
     The local cluster has `n_workers` CPU workers, or one worker per entry of `gpus`
-    (CUDA_VISIBLE_DEVICES values) when that is not empty.
+    (CUDA_VISIBLE_DEVICES values) when that is not empty. With no scheduler and at most one of
+    `tasks` to run, there is no cluster (None): starting one would cost more than the task.
     """
+    if not scheduler and tasks is not None and tasks <= 1:
+        yield None
+        return
     if scheduler:
         log.info("joining the dask cluster at %s", scheduler)
         with Client(scheduler) as client:

@@ -16,16 +16,19 @@ from __future__ import annotations
 import math
 from functools import partial
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import Field
 from tqdm import tqdm
 
+from icmflow.core.errors import InputError, ProblemLog
+from icmflow.core.files import write_text
 from icmflow.datasets.coco import RawDataset
+from icmflow.datasets.formats.base import FORMATS, DatasetFormat, FormatOptions
 from icmflow.datasets.images import write_png
 from icmflow.datasets.layouts import RawBuilder, pair_with_labels, read_headers, read_rows
-from icmflow.errors import InputError, ProblemLog
-from icmflow.files import write_text
 
 DECIMALS = 6
 """Digits written after the point by `write_yolo`, as ultralytics writes them."""
@@ -116,6 +119,17 @@ def read_yolo(
         f"names in {dataset_yaml}",
         {"images_without_label_file": unlabelled},
     )
+
+
+class YoloOptions(FormatOptions):
+    format: Literal["yolo"]
+    dataset_yaml: str = Field(description="ultralytics dataset YAML with `names`, from the root")
+
+    def reader_options(self, root: Path) -> dict[str, Any]:
+        return {"dataset_yaml": root / self.dataset_yaml}
+
+
+FORMATS.register("yolo")(DatasetFormat(YoloOptions, read_yolo))
 
 
 def _row(ann: dict, width: int, height: int) -> str:

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
+from icmflow.core.errors import ProblemLog
+from icmflow.core.files import write_text
 from icmflow.datasets.coco import RawDataset
+from icmflow.datasets.formats.base import FORMATS, DatasetFormat, IgnoredRegionsOptions
 from icmflow.datasets.images import write_png
 from icmflow.datasets.layouts import (
     IgnoredRegions,
@@ -36,8 +40,6 @@ from icmflow.datasets.layouts import (
     read_headers,
     read_rows,
 )
-from icmflow.errors import ProblemLog
-from icmflow.files import write_text
 
 CATEGORY_NAMES = (
     "ignored-region",
@@ -136,6 +138,13 @@ def read_visdrone(
         "VisDrone-DET's categories",
         ignored_region_counts(ignored_regions, counts["ignored_regions"]),
     )
+
+
+class VisDroneOptions(IgnoredRegionsOptions):
+    format: Literal["visdrone"]
+
+
+FORMATS.register("visdrone")(DatasetFormat(VisDroneOptions, read_visdrone))
 
 
 def write_visdrone(out: Path, coco: dict, pixels: list[np.ndarray]) -> None:

@@ -77,8 +77,8 @@ def main(prepared: str, out: str, work: str, images_per_shard: str) -> None:
     """Build the edge store of a prepared split with the tiny SAM, in this process."""
     from icmflow.datasets.prepared import PreparedDataset
     from icmflow.masks.edges import EdgeSettings, build_edge_masks
-    from icmflow.masks.sam import SamSpec
     from icmflow.masks.store import MaskStore
+    from icmflow.vision.sam.model import SamSpec
 
     register_tiny_sam()
     dataset = PreparedDataset.load(prepared)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,15 @@ def _standard_json(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_standard_json(v) for v in obj]
     return obj
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Write `rows` as CSV with a header of `columns` (other keys ignored), atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:

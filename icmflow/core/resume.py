@@ -12,7 +12,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from icmflow.files import remove, write_text
+from icmflow.core.files import remove, write_text
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,16 @@ Cityscapes' evaluation ignores). `ignored_regions` decides them:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import Origin, RawDataset
+from icmflow.datasets.formats.base import FORMATS, DatasetFormat, IgnoredRegionsOptions
 from icmflow.datasets.images import undecodable, write_png
 from icmflow.datasets.layouts import (
     IgnoredRegions,
@@ -39,8 +42,7 @@ from icmflow.datasets.layouts import (
     read_headers,
     require_folder,
 )
-from icmflow.errors import ProblemLog
-from icmflow.masks.rle import annotation_rle, rle_area_and_bbox
+from icmflow.datasets.rle import annotation_rle, rle_area_and_bbox
 
 THINGS = {
     24: ("person", "human"),
@@ -197,6 +199,13 @@ def read_cityscapes(
         "Cityscapes' classes with instances",
         ignored_region_counts(ignored_regions, counts["ignored_regions"]),
     )
+
+
+class CityscapesOptions(IgnoredRegionsOptions):
+    format: Literal["cityscapes"]
+
+
+FORMATS.register("cityscapes")(DatasetFormat(CityscapesOptions, read_cityscapes))
 
 
 def write_cityscapes(

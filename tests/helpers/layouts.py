@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from icmflow.datasets.cityscapes import IMAGE_SUFFIX, INSTANCE_SUFFIX, write_cityscapes
+from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import normalise
+from icmflow.datasets.formats import FORMATS as READERS
+from icmflow.datasets.formats.cityscapes import IMAGE_SUFFIX, INSTANCE_SUFFIX, write_cityscapes
+from icmflow.datasets.formats.visdrone import write_visdrone
+from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo
 from icmflow.datasets.images import write_png
-from icmflow.datasets.readers import read_split
-from icmflow.datasets.visdrone import write_visdrone
-from icmflow.datasets.yolo import write_dataset_yaml, write_yolo
-from icmflow.errors import ProblemLog
 
 FORMATS = ("coco", "visdrone", "yolo", "cityscapes")
 CATEGORY = {"coco": 1, "visdrone": 4, "yolo": 0, "cityscapes": 26}
@@ -74,7 +74,7 @@ class Tiny:
 
     def prepare(self, on_error: str = "raise") -> tuple[dict, ProblemLog]:
         problems = ProblemLog(on_error)
-        raw = read_split(self.format, self.annotations, self.images, problems, **self.options)
+        raw = READERS[self.format].read(self.annotations, self.images, problems, **self.options)
         return normalise(raw, self.images, problems, workers=1), problems
 
     def edit_json(self, change) -> None:

@@ -1,4 +1,9 @@
-"""Errors about user input, and the policy that turns them into skips."""
+"""User-facing errors (one base class), and the policy that turns bad input entries into skips.
+
+Every problem a user can fix raises an `IcmflowError` whose message names the file or the param
+and says what to do; the CLI prints it in one line. Any other exception is a bug: the CLI says
+so and shows its traceback with `icmflow -v`.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,32 @@ log = logging.getLogger(__name__)
 OnError = Literal["raise", "skip"]
 
 
-class InputError(Exception):
+class IcmflowError(Exception):
+    """A problem the user can fix; the message says where it is and how to fix it."""
+
+
+class InputError(IcmflowError):
     """Bad input: names the file, the entry inside it, and what is wrong."""
 
     def __init__(self, file: str, entry: str, reason: str):
         self.file, self.entry, self.reason = str(file), entry, reason
         super().__init__(f"{self.file}: {entry}: {reason}" if entry else f"{self.file}: {reason}")
+
+
+class MissingInputError(IcmflowError):
+    """What a stage reads is missing or stale: an earlier stage has to run (again) first."""
+
+
+class CheckpointError(IcmflowError):
+    """A model checkpoint is missing, unreadable, or not what the params say it is."""
+
+
+class BitstreamError(IcmflowError):
+    """A bitstream is corrupt, or decoding it does not reproduce what its encoder computed."""
+
+
+class UnknownNameError(IcmflowError):
+    """A name that no registry knows; the message lists the registered ones."""
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 from compressai.models import CompressionModel
-from compressai.registry import MODELS
 
-from icmflow.coding.registry import create_model
+from icmflow.codecs.architectures import architecture, create_model
+from icmflow.core.errors import CheckpointError
 
 
 def save_checkpoint(
@@ -48,8 +48,16 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; train the codec first")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointError(f"{path}: checkpoint not found; train the codec first")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for files that are no checkpoint
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint ({type(err).__name__}); train the codec again"
+        ) from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: not a codec checkpoint (a dict with a state_dict)")
+    return record
 
 
 def load_codec(path: Path, arch: str | None = None) -> CompressionModel:
@@ -61,14 +69,19 @@ def load_codec(path: Path, arch: str | None = None) -> CompressionModel:
             state_dict = record[key]
             break
     meta = record.get("icmflow")
-    if meta is not None:
-        model = create_model(meta["arch"], **meta["model_args"])
-        model.load_state_dict(state_dict)  # CompressAI's override resizes the CDF buffers
-    elif arch is not None:
-        if arch not in MODELS:
-            raise ValueError(f"{path}: unknown architecture {arch!r}")
-        model = MODELS[arch].from_state_dict(state_dict)
-        model.update(force=True)
-    else:
-        raise ValueError(f"{path}: not an icmflow checkpoint; say which architecture it holds")
+    try:
+        if meta is not None:
+            model = create_model(meta["arch"], **meta["model_args"])
+            model.load_state_dict(state_dict)  # CompressAI's override resizes the CDF buffers
+        elif arch is not None:
+            model = architecture(arch).from_state_dict(state_dict)
+            model.update(force=True)
+        else:
+            raise CheckpointError(
+                f"{path}: not an icmflow checkpoint; say which architecture it holds"
+            )
+    except (RuntimeError, KeyError) as err:  # load_state_dict's mismatches
+        raise CheckpointError(
+            f"{path}: its weights do not fit the architecture it names ({err})"
+        ) from None
     return model.eval()

@@ -1,0 +1,1 @@
+"""Foundations of every layer: atomic files, user-facing errors, fingerprints, resumable work."""

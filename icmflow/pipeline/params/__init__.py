@@ -1,0 +1,24 @@
+"""`params.yaml`, the single source of truth: its schema, validated once with clear messages.
+
+Every section is strict (a misspelt key is an error, not a silently ignored setting), and every
+problem is reported at once, each naming its key. Codec and dataset names are DVC stage keys and
+params paths (`codecs.<name>`), so they may not contain dots.
+"""
+
+from icmflow.pipeline.params.codecs import FAMILIES, CodecEntry, LearnedEntry, is_learned
+from icmflow.pipeline.params.load import load_params
+from icmflow.pipeline.params.project import Params, ParamsError
+from icmflow.pipeline.params.registered import check_registered
+from icmflow.pipeline.params.sections import TrainParams
+
+__all__ = [
+    "FAMILIES",
+    "CodecEntry",
+    "LearnedEntry",
+    "Params",
+    "ParamsError",
+    "TrainParams",
+    "check_registered",
+    "is_learned",
+    "load_params",
+]

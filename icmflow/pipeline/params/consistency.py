@@ -1,0 +1,76 @@
+"""Checks across sections, each naming the key at fault: (key, message) pairs."""
+
+from __future__ import annotations
+
+from icmflow.pipeline.params.project import Params
+
+Problem = tuple[str, str]
+
+
+def _split_problems(params: Params, key: str, dataset: str, split: str) -> list[Problem]:
+    if dataset not in params.datasets:
+        return [
+            (f"{key}.dataset", f"{dataset!r} is not under datasets ({', '.join(params.datasets)})")
+        ]
+    splits = params.datasets[dataset].splits
+    if split not in splits:
+        return [
+            (
+                f"{key}.split",
+                f"{split!r} is not a split of dataset {dataset!r} (splits: {', '.join(splits)})",
+            )
+        ]
+    return []
+
+
+def _training_problems(params: Params) -> list[Problem]:
+    problems = _split_problems(params, "train", params.train.dataset, params.train.split)
+    for name in params.learned_codecs:
+        entry, train = params.learned(name), params.training(name)
+
+        key = f"codecs.{name}"
+        if entry.train.dataset or entry.train.split:
+            problems += _split_problems(params, f"{key}.train", train.dataset, train.split)
+    return problems
+
+
+def _sam_problems(params: Params) -> list[Problem]:
+    problems: list[Problem] = []
+    unknown = [d for d in params.edges.datasets if d not in params.datasets]
+    if unknown:
+        problems.append(
+            (
+                "edges.datasets",
+                f"lists {unknown}, not under datasets ({', '.join(params.datasets)})",
+            )
+        )
+    if len(set(params.edges.datasets)) != len(params.edges.datasets):
+        problems.append(("edges.datasets", "lists a dataset twice"))
+    users = [f"edges.datasets {params.edges.datasets}"] if params.edges.datasets else []
+    if params.masks.source == "sam-boxes":
+        users.append("masks.source sam-boxes")
+    if users and params.sam.checkpoint is None:
+        from icmflow.vision.sam.model import CHECKPOINTS_URL, OFFICIAL_CHECKPOINTS  # imports torch
+
+        official = OFFICIAL_CHECKPOINTS[params.sam.model_type]
+        problems.append(
+            (
+                "sam.checkpoint",
+                f"{' and '.join(users)} need Segment Anything, but sam.checkpoint is not set: "
+                f"download {official} (model type {params.sam.model_type}) from "
+                f"{CHECKPOINTS_URL} and set sam.checkpoint to its path, e.g. models/sam/{official}",
+            )
+        )
+    return problems
+
+
+def consistency_problems(params: Params) -> list[Problem]:
+    problems = _training_problems(params)
+    problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
+    series = params.series()
+    for anchor in params.report.anchors:
+        if anchor not in series:
+            problems.append(
+                ("report.anchors", f"{anchor!r} is no codec series (series: {', '.join(series)})")
+            )
+    return problems + _sam_problems(params)

@@ -1,0 +1,78 @@
+"""The whole of params.yaml: its sections, and the checks across them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from icmflow.core.errors import IcmflowError
+from icmflow.pipeline.params.codecs import CodecEntry, LearnedEntry, is_learned
+from icmflow.pipeline.params.datasets import DatasetParams
+from icmflow.pipeline.params.sections import (
+    NAME_PATTERN,
+    EdgesParams,
+    EncodeParams,
+    MasksParams,
+    PrepareParams,
+    ReportParams,
+    SamParams,
+    SampleParams,
+    Section,
+    TrainParams,
+)
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+class ParamsError(IcmflowError):
+    """params.yaml is missing, unreadable or invalid; the message names the key and the fix."""
+
+
+class Params(Section):
+    sample: SampleParams = SampleParams()
+    datasets: dict[Name, DatasetParams]
+    prepare: PrepareParams = PrepareParams()
+    masks: MasksParams = MasksParams()
+    sam: SamParams = SamParams()
+    edges: EdgesParams = EdgesParams()
+    train: TrainParams = TrainParams()
+    codecs: dict[Name, CodecEntry] = Field(min_length=1)
+    encode: EncodeParams = EncodeParams()
+    report: ReportParams
+
+    def codec(self, name: str) -> CodecEntry:
+        if name not in self.codecs:
+            raise ParamsError(
+                f"codec {name!r} is not in params.yaml codecs ({', '.join(self.codecs)})"
+            )
+        return self.codecs[name]
+
+    def learned(self, name: str) -> LearnedEntry:
+        entry = self.codec(name)
+        if not is_learned(entry):
+            raise ParamsError(f"codec {name!r} is a {entry.family} codec: it is not trained")
+        return entry
+
+    @property
+    def learned_codecs(self) -> list[str]:
+        return [name for name, entry in self.codecs.items() if is_learned(entry)]
+
+    def training(self, name: str) -> TrainParams:
+        """`train` with the overrides of codec `name`."""
+        overrides = self.learned(name).train.model_dump(exclude_none=True)
+        return self.train.model_copy(update=overrides)
+
+    def dataset(self, name: str) -> DatasetParams:
+        if name not in self.datasets:
+            raise ParamsError(
+                f"dataset {name!r} is not in params.yaml datasets ({', '.join(self.datasets)})"
+            )
+        return self.datasets[name]
+
+    def series(self) -> dict[str, list[str]]:
+        """Each RD series and its codecs, in params order."""
+        series: dict[str, list[str]] = {}
+        for name, entry in self.codecs.items():
+            series.setdefault(entry.series_name, []).append(name)
+        return series

@@ -1,0 +1,64 @@
+"""Checks of codec entries against the registries of architectures and objectives.
+
+Importing those registries imports PyTorch and CompressAI (seconds per process), so these checks
+run where the registries are used anyway: in `icmflow pipeline` (the first stage of every
+`dvc repro` after params.yaml changes) and in the stages that build learned codecs.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from icmflow.pipeline.params.consistency import Problem
+from icmflow.pipeline.params.project import Params, ParamsError
+
+
+def registered_problems(params: Params) -> list[Problem]:
+    from icmflow.codecs.architectures import image_architectures, model_args_problem
+    from icmflow.training.objectives import OBJECTIVES
+
+    problems: list[Problem] = []
+    for name in params.learned_codecs:
+        entry, key = params.learned(name), f"codecs.{name}"
+        if entry.arch not in image_architectures():
+            problems.append(
+                (
+                    f"{key}.arch",
+                    f"unknown architecture {entry.arch!r}; registered: "
+                    f"{', '.join(image_architectures())}",
+                )
+            )
+        elif problem := model_args_problem(entry.arch, entry.model_args):
+            problems.append((f"{key}.model_args", problem))
+        if entry.objective not in OBJECTIVES:
+            problems.append(
+                (
+                    f"{key}.objective",
+                    f"unknown objective {entry.objective!r}; registered: {', '.join(OBJECTIVES)}",
+                )
+            )
+            continue
+        objective = OBJECTIVES[entry.objective]
+        try:
+            inspect.signature(objective).bind(lmbda=entry.lmbda, **entry.objective_args)
+        except TypeError as err:
+            problems.append((f"{key}.objective_args", f"{entry.objective}: {err}"))
+        dataset = params.training(name).dataset
+        if "edge" in objective.mask_kinds and dataset not in params.edges.datasets:
+            problems.append(
+                (
+                    f"{key}.objective",
+                    f"{entry.objective} trains on the edge masks of dataset {dataset!r}, but "
+                    f"edges.datasets does not list it: add it (edges: {{datasets: [{dataset}]}}) "
+                    "and set sam.checkpoint",
+                )
+            )
+    return problems
+
+
+def check_registered(params: Params) -> None:
+    """Raise a `ParamsError` listing every entry the registries refuse."""
+    problems = registered_problems(params)
+    if problems:
+        lines = [f"  {key}: {message}" for key, message in problems]
+        raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))

@@ -1,0 +1,111 @@
+"""The plain-settings sections of params.yaml, one model each (a misspelt key is an error)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+"""Names of datasets and codecs: DVC stage keys and params paths, which split on dots."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleParams(Section):
+    train_images: int = Field(24, gt=0)
+    val_images: int = Field(8, gt=0)
+    seed: int = 0
+
+
+class PrepareParams(Section):
+    on_error: Literal["raise", "skip"] = "raise"
+    decode_images: bool = True
+    workers: int = Field(4, gt=0)
+
+
+class MasksParams(Section):
+    crowd: Literal["include", "exclude"] = "include"
+    source: Literal["annotations", "sam-boxes"] = Field(
+        "annotations", description="sam-boxes: SAM's mask for every box (needs sam.checkpoint)"
+    )
+    boxes_per_batch: int = Field(64, gt=0, description="box prompts SAM decodes at once")
+    images_per_shard: int = Field(64, gt=0)
+    scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
+    n_workers: int = Field(2, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+
+
+class SamParams(Section):
+    """The Segment Anything model of `edges` and of `masks.source: sam-boxes`."""
+
+    model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    checkpoint: str | None = Field(None, description="path of the downloaded SAM checkpoint")
+    device: str = Field("auto", description="auto: every GPU (one dask worker each), else CPU")
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    memory_mb: int = Field(512, ge=16, description="full-resolution mask work at once")
+
+
+class EdgesParams(Section):
+    """SAM edge masks (SA-ICM) for the datasets listed; SAM's automatic mask generator settings."""
+
+    datasets: list[str] = Field(default_factory=list)
+    points_per_side: int = Field(32, gt=0)
+    points_per_batch: int = Field(64, gt=0)
+    pred_iou_thresh: float = Field(0.88, ge=0, le=1)
+    stability_score_thresh: float = Field(0.95, ge=0, le=1)
+    box_nms_thresh: float = Field(0.7, ge=0, le=1)
+    min_region_area: int = Field(0, ge=0)
+    edge_width: int = Field(1, gt=0)
+
+
+class TrainParams(Section):
+    """Training settings shared by every learned codec; a codec entry's `train` overrides them."""
+
+    dataset: str = "sample"
+    split: str = "train"
+    patch_size: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0)
+    steps: int = Field(400, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    aux_lr: float = Field(1e-3, gt=0)
+    clip_max_norm: float = Field(1.0, ge=0)
+    lr_milestones: list[int] = Field(default_factory=list)
+    seed: int = Field(0, description="initial weights and crop order")
+    num_workers: int = Field(0, ge=0)
+    cache_images: bool = False
+    device: str = "auto"
+    save_every: int = Field(500, gt=0)
+
+
+def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        name: (info.annotation | None, Field(None, description=info.description))
+        for name, info in model.model_fields.items()
+    }
+
+
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __base__=Section,
+    __doc__="Any of `train`'s settings, for one codec only.",
+    **_optional_fields(TrainParams),
+)
+
+
+class EncodeParams(Section):
+    dataset: str = "sample"
+    split: str = "val"
+    device: str = "cpu"
+    scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
+    n_workers: int = Field(2, gt=0)
+    images_per_task: int = Field(8, gt=0)
+
+
+class ReportParams(Section):
+    anchors: list[str] = Field(
+        min_length=1, description="series every other series gets a BD-rate against"
+    )
+    bd_method: Literal["akima", "pchip", "cubic"] = "akima"

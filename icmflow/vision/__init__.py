@@ -1,0 +1,1 @@
+"""Machine vision models icmflow runs: Segment Anything today; detectors and segmenters next."""

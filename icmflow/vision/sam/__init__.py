@@ -1,0 +1,1 @@
+"""Segment Anything: checked checkpoints, one model per process, and a faster mask decoder."""

@@ -1,0 +1,1 @@
+"""Helpers that tests import (tests never import one another): paths, builders, tiny models."""

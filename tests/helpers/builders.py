@@ -1,0 +1,92 @@
+"""Small builders of what stages make: prepared splits, mask stores, codecs, training runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from icmflow.codecs.architectures import create_model
+from icmflow.codecs.checkpoint import save_checkpoint
+from icmflow.core.errors import ProblemLog
+from icmflow.datasets.coco import prepare_coco
+from icmflow.datasets.prepared import PreparedDataset, write_prepared
+from icmflow.masks.build import build_object_masks
+from icmflow.training.data import TrainingCrops
+from icmflow.training.objectives import OBJECTIVES
+from icmflow.training.trainer import TrainResult, TrainSettings, train_codec
+
+
+def save_codec(model, path: Path, model_args: dict, arch: str = "bmshj2018-hyperprior") -> Path:
+    """Save a (tiny) codec as the train stage does, without optimiser history."""
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(
+        path,
+        model,
+        arch=arch,
+        model_args=model_args,
+        step=0,
+        loss=0.0,
+        optimizer=optimizer,
+        aux_optimizer=optimizer,
+        extra={},
+    )
+    return path
+
+
+def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
+    return build_object_masks(
+        dataset,
+        out,
+        work=out.with_name(out.name + ".work"),
+        source=source,
+        include_crowd=crowd,
+        images_per_shard=per_shard,
+        client=client,
+    )
+
+
+def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:
+    prepared = prepare_coco(annotations, images, ProblemLog("raise"), workers=2)
+    path = tmp / f"{name}.json"
+    write_prepared(path, prepared, image_root=images, final_dir=tmp)
+    return PreparedDataset.load(path)
+
+
+def tiny_training(
+    dataset: PreparedDataset,
+    masks: Path | None,
+    tmp_path: Path,
+    *,
+    state_path: Path | None = None,
+    **overrides,
+) -> TrainResult:
+    """A few steps of a tiny hyperprior: `object` objective with a mask store, else `mse`."""
+    settings = dict(steps=4, batch_size=2, lr=1e-3, aux_lr=1e-3, save_every=500)
+    settings.update(overrides)
+    objective = OBJECTIVES["object" if masks is not None else "mse"](lmbda=0.05)
+    return train_codec(
+        create_model("bmshj2018-hyperprior", seed=0, N=8, M=8),
+        objective,
+        TrainingCrops(dataset, {"object": masks} if masks is not None else {}, 64),
+        TrainSettings(**settings),
+        log_path=tmp_path / "log.csv",
+        state_path=state_path,
+    )
+
+
+def box_union(coco: COCO, image_id: int, include_crowd: bool) -> np.ndarray:
+    """The union of an image's boxes (pixel centres inside), and of its crowd regions."""
+    info = coco.imgs[image_id]
+    union = np.zeros((info["height"], info["width"]), dtype=bool)
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+        if ann["iscrowd"]:
+            if include_crowd:
+                union |= coco.annToMask(ann).astype(bool)
+            continue
+        x, y, w, h = ann["bbox"]
+        ys, xs = np.arange(info["height"]) + 0.5, np.arange(info["width"]) + 0.5
+        union |= ((ys >= y) & (ys < y + h))[:, None] & ((xs >= x) & (xs < x + w))[None, :]
+    return union
