@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_worker
 
 log = logging.getLogger(__name__)
+logging.getLogger("distributed").setLevel(logging.WARNING)  # its import set it to INFO
 
 
 def _gpu_cluster(gpus: Sequence[str]) -> SpecCluster:

@@ -66,7 +66,9 @@ class TrainParams(Section):
 
     dataset: str = "sample"
     split: str = "train"
-    patch_size: int = Field(128, gt=0)
+    patch_size: int = Field(
+        128, gt=0, multiple_of=64, description="crop side; the models downsample by 2^6"
+    )
     batch_size: int = Field(8, gt=0)
     steps: int = Field(400, gt=0)
     lr: float = Field(1e-4, gt=0)
