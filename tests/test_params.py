@@ -73,13 +73,13 @@ def test_misspelt_key_of_a_codec_entry_names_the_entry(tmp_path, defaults):
 
 def test_every_problem_is_reported_at_once_naming_keys_not_the_file(tmp_path, defaults):
     defaults["train"]["steps"] = -1
-    defaults["codecs"]["webp-q10"]["quality"] = 300
+    defaults["codecs"]["webp-q20"]["quality"] = 300
     defaults["codecs"]["bad"] = {"family": "png", "quality": 3}
     with pytest.raises(ParamsError) as err:
         load_params(write(tmp_path, defaults))
     message = str(err.value)
     assert "train.steps" in message and "-1" in message
-    assert "codecs.webp-q10.quality" in message and "300" in message
+    assert "codecs.webp-q20.quality" in message and "300" in message
     assert "codecs.bad" in message and "'png'" in message
     assert "datasets" not in message and len(message) < 1500  # keys, never a whole section
 
@@ -193,4 +193,10 @@ def test_edges_of_unknown_datasets_and_bad_sam_settings(tmp_path, defaults):
     assert "sam.model_type" in message and "sam.precision" in message
     defaults["sam"].update(model_type="vit_b", precision="bfloat16")
     with pytest.raises(ParamsError, match=r"edges\.datasets: lists \['coco'\], not under datasets"):
+        load_params(write(tmp_path, defaults))
+
+
+def test_training_crops_are_a_multiple_of_the_models_downsampling(tmp_path, defaults):
+    defaults["train"]["patch_size"] = 96
+    with pytest.raises(ParamsError, match=r"train\.patch_size: Input should be a multiple of 64"):
         load_params(write(tmp_path, defaults))

@@ -194,3 +194,15 @@ def test_training_resumes_from_saved_state(sample_prepared, tmp_path, monkeypatc
     tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
     steps = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3", "4"]
+
+
+def test_channels_last_trains_the_same_codec_within_float_tolerance(sample_prepared, tmp_path):
+    runs = [
+        tiny_training(sample_prepared["train"], None, tmp_path / str(layout), channels_last=layout)
+        for layout in (False, True)
+    ]
+    contiguous, nhwc = (read_log(tmp_path / str(layout) / "log.csv") for layout in (False, True))
+    for a, b in zip(contiguous, nhwc, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    weight = "g_a.0.weight"
+    assert runs[1].model.state_dict()[weight].is_contiguous(memory_format=torch.channels_last)

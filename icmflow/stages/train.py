@@ -48,6 +48,7 @@ def run(params: Params, paths: Paths, name: str) -> None:
         seed=options.seed,
         num_workers=options.num_workers,
         device=str(resolve_device(options.device)),
+        channels_last=options.channels_last,
         save_every=options.save_every,
     )
     result = train_codec(

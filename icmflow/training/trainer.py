@@ -3,9 +3,10 @@
 As in CompressAI's example: the main Adam optimiser takes every parameter except the entropy
 bottlenecks' `quantiles` (and the objective's own trainable parameters, if it has any), the
 auxiliary optimiser fits the quantiles by minimising `model.aux_loss()`; gradients are clipped to
-`clip_max_norm`. Each step logs every term the objective returns, then `aux_loss` and `lr`, to a
-CSV file. The caller updates the model (`update(force=True)`) before saving it, so its
-checkpoint carries the entropy coder's tables.
+`clip_max_norm`. With `channels_last`, model and image batches use the NHWC memory layout, which
+CPUs and GPUs convolve faster (measured in README). Each step logs every term the objective
+returns, then `aux_loss` and `lr`, to a CSV file. The caller updates the model
+(`update(force=True)`) before saving it, so its checkpoint carries the entropy coder's tables.
 
 Batches are dicts of tensors (see `icmflow.training.objectives.base`); a dataset with a
 `collate` method batches its own samples (e.g. boxes of different counts).
@@ -42,6 +43,7 @@ class TrainSettings:
     seed: int = 0
     num_workers: int = 0
     device: str = "cpu"
+    channels_last: bool = False
     save_every: int = 500
 
 
@@ -124,6 +126,11 @@ class _Log:
         self._handle.close()
 
 
+def _to(tensor: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    tensor = tensor.to(device, non_blocking=True)
+    return tensor.contiguous(memory_format=layout) if tensor.dim() == 4 else tensor
+
+
 def _loader(data: Dataset, settings: TrainSettings, seed: int) -> DataLoader:
     return DataLoader(
         data,
@@ -153,7 +160,8 @@ def train_codec(
     """
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
-    model.to(device).train()
+    layout = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout).train()
     objective.to(device).train()
     optimizer, aux_optimizer = configure_optimizers(model, settings.lr, settings.aux_lr, objective)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -176,7 +184,7 @@ def train_codec(
     try:
         with tqdm(total=settings.steps, initial=start, desc="train", unit="step") as bar:
             for step in range(start + 1, settings.steps + 1):
-                batch = {k: v.to(device) for k, v in next(batches).items()}
+                batch = {k: _to(v, device, layout) for k, v in next(batches).items()}
                 optimizer.zero_grad()
                 aux_optimizer.zero_grad()
                 terms = objective(model(batch["x"]), batch)

@@ -79,6 +79,7 @@ class TrainParams(Section):
     num_workers: int = Field(0, ge=0)
     cache_images: bool = False
     device: str = "auto"
+    channels_last: bool = Field(False, description="NHWC memory layout (faster convolutions)")
     save_every: int = Field(500, gt=0)
 
 
