@@ -251,8 +251,8 @@ def test_pixel_formats_become_the_same_rgb8_for_masks_training_and_encoding(mode
     assert any(np.array_equal(rows, expected[:, s : s + 32]) for s in range(48 - 32 + 1))
     assert m.shape == (1, 32, 32)
     checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
-    encode_dataset(learned_spec(checkpoint), dataset, tmp_path / "coded")
-    stream = (tmp_path / "coded" / "bitstreams" / "im1.bin").read_bytes()
+    encode_dataset(learned_spec(checkpoint), {"val": dataset}, tmp_path / "coded")
+    stream = (tmp_path / "coded" / "bitstreams" / "val" / "im1.bin").read_bytes()
     assert stream == LearnedCodec(load_codec(checkpoint)).encode(expected).data  # fed `expected`
 
 

@@ -6,13 +6,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
 from icmflow.codecs.architectures import create_model
 from icmflow.coding.bitstream import Bitstream, pack, unpack
 from icmflow.coding.classical import CLASSICAL
-from icmflow.coding.coded_dataset import encode_dataset
+from icmflow.coding.coded_dataset import coded_split, encode_dataset
 from icmflow.coding.learned import LearnedCodec
-from icmflow.core.errors import BitstreamError, UnknownNameError
+from icmflow.core.errors import BitstreamError, ProblemLog, UnknownNameError
+from icmflow.datasets.coco import normalise
+from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.runtime.cluster import dask_client
@@ -90,14 +93,14 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     val = sample_prepared["val"]
     checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
     tmp_path = tmp_path / "coded"
-    summary = encode_dataset(learned_spec(checkpoint), val, tmp_path)
-    coded = PreparedDataset.load(tmp_path / "annotations.json")
+    summary = encode_dataset(learned_spec(checkpoint), {"val": val}, tmp_path)["val"]
+    coded = PreparedDataset.load(coded_split(tmp_path, "val"))
     assert coded.data["annotations"] == val.data["annotations"]
-    with (tmp_path / "bpp.csv").open() as handle:
+    with (tmp_path / "bpp" / "val.csv").open() as handle:
         rows = {int(r["image_id"]): r for r in csv.DictReader(handle)}
     for image in coded.images:
         stem = image["file_name"].removesuffix(".png")
-        data = (tmp_path / "bitstreams" / f"{stem}.bin").read_bytes()
+        data = (tmp_path / "bitstreams" / "val" / f"{stem}.bin").read_bytes()
         np.testing.assert_array_equal(
             read_rgb(coded.image_path(image)), LearnedCodec(codec).decode(data)
         )
@@ -105,41 +108,87 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
         assert float(rows[image["id"]]["bpp"]) == pytest.approx(
             8 * len(data) / (image["width"] * image["height"])
         )
-    total_bits = 8 * sum(p.stat().st_size for p in (tmp_path / "bitstreams").iterdir())
+    total_bits = 8 * sum(p.stat().st_size for p in (tmp_path / "bitstreams/val").iterdir())
     pixels = sum(im["width"] * im["height"] for im in val.images)
     assert summary["bpp"] == pytest.approx(total_bits / pixels)
-    assert json.loads((tmp_path / "summary.json").read_text())["total_bits"] == total_bits
+    assert json.loads((tmp_path / "summary.json").read_text())["val"]["total_bits"] == total_bits
 
 
 def test_classical_coded_dataset_counts_the_files_it_wrote(sample_prepared, tmp_path):
     val = sample_prepared["val"]
     jpeg = CLASSICAL["jpeg"](family="jpeg", quality=30)
-    summary = encode_dataset(jpeg, val, tmp_path)
-    files = sorted((tmp_path / "bitstreams").iterdir())
+    summary = encode_dataset(jpeg, {"val": val}, tmp_path)["val"]
+    files = sorted((tmp_path / "bitstreams" / "val").iterdir())
     assert [f.suffix for f in files] == [".jpg"] * len(val.images)
     assert summary["total_bits"] == 8 * sum(f.stat().st_size for f in files)
     for image in val.images:
         stem = image["file_name"].removesuffix(".png")
-        decoded = jpeg.decode((tmp_path / "bitstreams" / f"{stem}.jpg").read_bytes())
-        np.testing.assert_array_equal(read_rgb(tmp_path / "images" / f"{stem}.png"), decoded)
+        decoded = jpeg.decode((tmp_path / "bitstreams" / "val" / f"{stem}.jpg").read_bytes())
+        np.testing.assert_array_equal(read_rgb(tmp_path / "images/val" / f"{stem}.png"), decoded)
+
+
+def test_a_coded_dataset_is_also_an_ultralytics_dataset(sample_prepared, tmp_path):
+    """data.yaml, images/ and labels/ read back through icmflow's own YOLO reader give the
+    source's objects (crowd regions aside: YOLO has none) on the coded pixels."""
+    val = sample_prepared["val"]
+    encode_dataset(CLASSICAL["jpeg"](family="jpeg", quality=30), {"val": val}, tmp_path)
+    config = yaml.safe_load((tmp_path / "data.yaml").read_text())
+    names = {0: "disc", 1: "star", 2: "box"}
+    assert config == {"path": ".", "train": "images/val", "val": "images/val", "names": names}
+    raw = FORMATS["yolo"].read(
+        tmp_path / "labels" / "val",
+        tmp_path / "images" / "val",
+        ProblemLog("raise"),
+        dataset_yaml=tmp_path / "data.yaml",
+    )
+    read = normalise(raw, tmp_path / "images" / "val", ProblemLog("raise"), workers=1)
+
+    def single_polygon(annotation: dict) -> bool:
+        return isinstance(annotation["segmentation"], list) and len(annotation["segmentation"]) == 1
+
+    def objects(dataset: dict, category_of) -> list:
+        """(image, class, box), the box a polygon's extent where the image's file has polygons
+        (every object a single polygon), else the annotated box."""
+        name_of = {i["id"]: i["file_name"].removesuffix(".png") for i in dataset["images"]}
+        kept = [a for a in dataset["annotations"] if not a["iscrowd"]]
+        polygons = {
+            image_id: all(single_polygon(a) for a in kept if a["image_id"] == image_id)
+            for image_id in name_of
+        }
+        found = []
+        for a in kept:
+            box = a["bbox"]
+            if polygons[a["image_id"]]:
+                xs, ys = a["segmentation"][0][::2], a["segmentation"][0][1::2]
+                box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            found.append((name_of[a["image_id"]], category_of(a["category_id"]), box))
+        return sorted(found)
+
+    ours = objects(read, lambda c: c)
+    theirs = objects(val.data, lambda c: c - 1)  # ids 1, 2, 3 -> classes 0, 1, 2
+    assert [(n, c) for n, c, _ in ours] == [(n, c) for n, c, _ in theirs] and ours
+    for (_, _, box), (_, _, expected) in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(box, expected, atol=2e-3)
 
 
 def test_encoding_on_a_dask_cluster_resumes_and_matches(codec, sample_prepared, tmp_path):
     val = sample_prepared["val"]
     spec = learned_spec(save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16}))
     serial = tmp_path / "serial"
-    encode_dataset(spec, val, serial, images_per_task=2)
+    encode_dataset(spec, {"val": val}, serial, images_per_task=2)
     first = val.images[0]["file_name"].removesuffix(".png")
-    (serial / "images" / f"{first}.png").unlink()  # as if interrupted inside this image
-    stamps = {p.name: p.stat().st_mtime_ns for p in (serial / "bitstreams").iterdir()}
+    (serial / "images" / "val" / f"{first}.png").unlink()  # as if interrupted inside this image
+    stamps = {p.name: p.stat().st_mtime_ns for p in (serial / "bitstreams/val").iterdir()}
     with dask_client(None, n_workers=2) as client:
-        encode_dataset(spec, val, serial, client=client, images_per_task=2)
-        encode_dataset(spec, val, tmp_path / "dask", client=client, images_per_task=2)
+        encode_dataset(spec, {"val": val}, serial, client=client, images_per_task=2)
+        encode_dataset(spec, {"val": val}, tmp_path / "dask", client=client, images_per_task=2)
     redone = {
-        p.name for p in (serial / "bitstreams").iterdir() if p.stat().st_mtime_ns != stamps[p.name]
+        p.name
+        for p in (serial / "bitstreams/val").iterdir()
+        if p.stat().st_mtime_ns != stamps[p.name]
     }
     assert redone == {f"{first}.bin"}
-    for folder in ("images", "bitstreams"):
+    for folder in ("images/val", "bitstreams/val"):
         ours = {p.name: p.read_bytes() for p in (serial / folder).iterdir()}
         theirs = {p.name: p.read_bytes() for p in (tmp_path / "dask" / folder).iterdir()}
         assert ours == theirs and len(ours) == len(val.images)
@@ -177,7 +226,7 @@ def test_decoding_with_another_thread_count_gives_the_stored_pngs_byte_for_byte(
     dataset = PreparedDataset(tmp_path / "d.json", data)
     model = tiny_codec(arch, gain=40, N=32, M=48)
     checkpoint = save_codec(model, tmp_path / "c.pth.tar", {"N": 32, "M": 48}, arch=arch)
-    encode_dataset(learned_spec(checkpoint), dataset, tmp_path / "coded")
+    encode_dataset(learned_spec(checkpoint), {"val": dataset}, tmp_path / "coded")
     for threads in (1, 3):
         out = tmp_path / f"decoded-{threads}"
         out.mkdir()
@@ -188,12 +237,12 @@ def test_decoding_with_another_thread_count_gives_the_stored_pngs_byte_for_byte(
                 DECODE_WITH_THREADS,
                 str(threads),
                 str(checkpoint),
-                str(tmp_path / "coded" / "bitstreams"),
+                str(tmp_path / "coded" / "bitstreams" / "val"),
                 str(out),
             ],
             check=True,
             cwd=REPO,
         )
         for k in val_images:
-            stored = (tmp_path / "coded" / "images" / f"{k}.png").read_bytes()
+            stored = (tmp_path / "coded" / "images" / "val" / f"{k}.png").read_bytes()
             assert (out / f"{k}.png").read_bytes() == stored, f"{threads} threads, image {k}"

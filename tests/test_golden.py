@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from icmflow.coding.classical import CLASSICAL
-from icmflow.coding.coded_dataset import encode_dataset, read_bytes_per_image
+from icmflow.coding.coded_dataset import coded_split, encode_dataset, read_bytes_per_image
 from icmflow.coding.learned import LearnedCodec
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.evaluate import evaluate_coded
@@ -53,9 +53,9 @@ def test_bitstreams(one_thread):
 def rd_row(coded_dir, source: PreparedDataset, masks: MaskStore, prefix: str) -> dict:
     _, summary = evaluate_coded(
         source,
-        PreparedDataset.load(coded_dir / "annotations.json"),
+        PreparedDataset.load(coded_split(coded_dir, "val")),
         masks,
-        read_bytes_per_image(coded_dir),
+        read_bytes_per_image(coded_dir, "val"),
     )
     return {f"{prefix} {k}": summary[k] for k in ("bpp", "psnr", "object_psnr", "ms_ssim")}
 
@@ -70,8 +70,8 @@ def test_rd_numbers_of_a_tiny_fixed_run(sample_prepared, sample_masks, tmp_path,
     checkpoint = save_codec(model, tmp_path / "codec.pth.tar", {"N": 8, "M": 8})
     masks = MaskStore(sample_masks["val"])
     found = {f"train {k}": v for k, v in result.last.items()}
-    encode_dataset(learned_spec(checkpoint), val, tmp_path / "learned")
+    encode_dataset(learned_spec(checkpoint), {"val": val}, tmp_path / "learned")
     found |= rd_row(tmp_path / "learned", val, masks, "hyperprior-object")
-    encode_dataset(CLASSICAL["jpeg"](family="jpeg", quality=50), val, tmp_path / "jpeg")
+    encode_dataset(CLASSICAL["jpeg"](family="jpeg", quality=50), {"val": val}, tmp_path / "jpeg")
     found |= rd_row(tmp_path / "jpeg", val, masks, "jpeg-q50")
     check_golden("rd_tiny", found, rel=1e-6)

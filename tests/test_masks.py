@@ -59,6 +59,8 @@ def rle_cases() -> list[np.ndarray]:
 def test_rle_decode_equals_pycocotools(mask):
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     np.testing.assert_array_equal(decode(rle), mask_utils.decode(rle).astype(bool))
+    as_json = {**rle, "counts": rle["counts"].decode("ascii")}  # COCO JSON holds str counts
+    np.testing.assert_array_equal(decode(as_json), mask)
     with pytest.raises(ValueError, match="do not cover"):
         decode({"size": [mask.shape[0] + 1, mask.shape[1]], "counts": rle["counts"]})
 

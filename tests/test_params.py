@@ -200,3 +200,33 @@ def test_training_crops_are_a_multiple_of_the_models_downsampling(tmp_path, defa
     defaults["train"]["patch_size"] = 96
     with pytest.raises(ParamsError, match=r"train\.patch_size: Input should be a multiple of 64"):
         load_params(write(tmp_path, defaults))
+
+
+def test_task_entries_are_checked_naming_keys(tmp_path, defaults):
+    task = defaults["tasks"]["yolo-shapes"]
+    task["weights"] = "models/yolo.pt"  # and `train`: one of the two
+    task["finetune"]["codecs"] = ["jpeg-q25", "vvc-1"]
+    defaults["encode"]["train_split"] = None
+    defaults["codecs"]["original"] = {"family": "jpeg", "quality": 5}
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, defaults))
+    message = str(err.value)
+    assert "tasks.yolo-shapes" in message and "exactly one of `weights`" in message
+    del task["weights"]
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, defaults))
+    message = str(err.value)
+    assert "tasks.yolo-shapes.finetune.codecs: ['vvc-1'] are not under codecs" in message
+    assert "encode.train_split" in message and "codecs.original: is reserved" in message
+
+
+def test_task_backends_and_kinds_are_checked_with_the_registry(tmp_path, defaults):
+    defaults["tasks"]["yolo-shapes"]["backend"] = "detectron2"
+    defaults["tasks"]["other"] = {**defaults["tasks"]["yolo-shapes"], "backend": "ultralytics"}
+    defaults["tasks"]["other"]["kind"] = "semantic_segmentation"
+    with pytest.raises(ParamsError) as err:
+        check_registered(load_params(write(tmp_path, defaults)))
+    message = str(err.value)
+    assert "tasks.yolo-shapes.backend: unknown task backend 'detectron2'" in message
+    assert "torchvision" in message and "ultralytics" in message
+    assert "tasks.other.kind: backend ultralytics has no semantic_segmentation models" in message

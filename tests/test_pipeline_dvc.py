@@ -59,7 +59,7 @@ def test_repro_builds_the_report(project):
     assert provenance["packages"]["compressai"]
     assert not (project / "models" / "jpeg-q10").exists()  # classical codecs are not trained
     assert (
-        sorted(p.suffix for p in (project / "data/coded/jpeg-q10/bitstreams").iterdir())
+        sorted(p.suffix for p in (project / "data/coded/jpeg-q10/bitstreams/val").iterdir())
         == [".jpg"] * 3
     )
 

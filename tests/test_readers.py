@@ -53,11 +53,17 @@ def expected_mask(coco: COCO, image_id: int, layout: str) -> np.ndarray:
     """What each layout keeps of the COCO sample's objects, drawn with pycocotools."""
     info = coco.imgs[image_id]
     union = np.zeros((info["height"], info["width"]), dtype=bool)
-    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
-        polygon = isinstance(ann["segmentation"], list)
+    annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    # YOLO: polygons when every object of the image is one, else boxes (a file holds one kind)
+    polygons = all(
+        isinstance(a["segmentation"], list) and len(a["segmentation"]) == 1
+        for a in annotations
+        if not a["iscrowd"]
+    )
+    for ann in annotations:
         if layout == "yolo" and ann["iscrowd"]:
             continue  # YOLO has no crowd
-        if layout == "visdrone" or (layout == "yolo" and not polygon):
+        if layout == "visdrone" or (layout == "yolo" and not polygons):
             union |= box(union.shape, ann["bbox"])  # written as boxes
         else:
             union |= coco.annToMask(ann).astype(bool)

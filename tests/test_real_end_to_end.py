@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from icmflow.codecs.checkpoint import load_codec
-from icmflow.coding.coded_dataset import encode_dataset, read_bytes_per_image
+from icmflow.coding.coded_dataset import coded_split, encode_dataset, read_bytes_per_image
 from icmflow.coding.learned import LearnedCodec
 from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import normalise
@@ -39,18 +39,19 @@ def test_train_and_encode_a_real_sample(tmp_path):
     assert math.isfinite(result.last["loss"])
     model.eval().update(force=True)
     checkpoint = save_codec(model, tmp_path / "codec.pth.tar", {"N": 8, "M": 8})
-    summary = encode_dataset(learned_spec(checkpoint), dataset, tmp_path / "coded")
+    coded = tmp_path / "coded"
+    summary = encode_dataset(learned_spec(checkpoint), {"val": dataset}, coded)["val"]
     image = dataset.images[0]
-    stream = (tmp_path / "coded" / "bitstreams" / f"{image['file_name'][:-4]}.bin").read_bytes()
-    decoded = read_rgb(tmp_path / "coded" / "images" / f"{image['file_name'][:-4]}.png")
+    stream = (coded / "bitstreams" / "val" / f"{image['file_name'][:-4]}.bin").read_bytes()
+    decoded = read_rgb(coded / "images" / "val" / f"{image['file_name'][:-4]}.png")
     np.testing.assert_array_equal(decoded, LearnedCodec(load_codec(checkpoint)).decode(stream))
     assert decoded.shape == (128, 256, 3)
     assert summary["bpp"] == 8 * len(stream) / (256 * 128)
     rows, metrics = evaluate_coded(
         dataset,
-        PreparedDataset.load(tmp_path / "coded" / "annotations.json"),
+        PreparedDataset.load(coded_split(coded, "val")),
         store,
-        read_bytes_per_image(tmp_path / "coded"),
+        read_bytes_per_image(coded, "val"),
     )
     assert metrics["images_with_objects"] == 1 and math.isfinite(metrics["object_psnr"])
     assert 0 < rows[0]["object_fraction"] < 0.1

@@ -1,14 +1,18 @@
 """Coded datasets: every image through a codec's real bitstream, in layouts downstream tools read.
 
-Layout of a coded dataset folder:
+A coded dataset folder holds one or more splits of a source dataset, laid out as ultralytics
+reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next to it:
 
-- `images/<file_name stem>.png`: the decoded pixels, losslessly, exactly what the bitstream
+- `images/<split>/<stem>.png`: the decoded pixels, losslessly, exactly what the bitstream
   decodes to (decoded from the very bytes written beside it, in the same process);
-- `bitstreams/<file_name stem><suffix>`: the file the codec wrote (`.bin` for learned codecs,
+- `bitstreams/<split>/<stem><suffix>`: the file the codec wrote (`.bin` for learned codecs,
   see `icmflow.coding.bitstream`; `.jpg`, `.webp`, ... for classical ones);
-- `annotations.json`: the source's normalised COCO JSON, `file_name`s pointing at the PNGs;
-- `bpp.csv`: per image, bitstream bytes, pixels and bpp;
-- `summary.json`: dataset bpp = total bits / total pixels (not a mean of per-image bpp).
+- `annotations/<split>.json`: the source's normalised COCO JSON, `file_name`s naming the PNGs;
+- `labels/<split>/<stem>.txt` and `data.yaml`: the same annotations for ultralytics (class
+  indices: the categories in id order, `yolo_classes`; `train` and `val` name the first split
+  when no split has that name, as ultralytics needs both);
+- `bpp/<split>.csv`: per image, bitstream bytes, pixels and bpp;
+- `summary.json`: per split, bpp = total bits / total pixels (not a mean of per-image bpp).
 
 Images are encoded in tasks of a few images on a dask cluster (or in this process), each worker
 building the codec once. Every file is written through a rename, and images whose bitstream and
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from icmflow.coding.image_codec import CodecSpec
 from icmflow.core.files import write_bytes, write_csv, write_json
+from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo_labels, yolo_names
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
 
@@ -35,13 +40,18 @@ def _stem(file_name: str) -> str:
     return str(Path(file_name).with_suffix(""))
 
 
-def _encode_images(spec: CodecSpec, out: str, images: list[tuple[str, str]]) -> int:
-    """Encode (source path, file stem) pairs into `out`; returns how many were done."""
+def coded_split(coded_dir: Path, split: str) -> Path:
+    """The COCO JSON of one split of a coded dataset (a `PreparedDataset`)."""
+    return coded_dir / "annotations" / f"{split}.json"
+
+
+def _encode_images(spec: CodecSpec, out: str, split: str, images: list[tuple[str, str]]) -> int:
+    """Encode (source path, file stem) pairs into split `split` of `out`; returns the count."""
     codec = spec.build()
     for source, stem in images:
         bitstream, decoded = (
-            Path(out, "bitstreams", f"{stem}{spec.suffix}"),
-            Path(out, "images", f"{stem}.png"),
+            Path(out, "bitstreams", split, f"{stem}{spec.suffix}"),
+            Path(out, "images", split, f"{stem}.png"),
         )
         if bitstream.is_file() and decoded.is_file():
             continue  # done by an earlier, interrupted run
@@ -53,17 +63,39 @@ def _encode_images(spec: CodecSpec, out: str, images: list[tuple[str, str]]) -> 
 
 def encode_dataset(
     spec: CodecSpec,
-    dataset: PreparedDataset,
+    splits: dict[str, PreparedDataset],
     out: Path,
     *,
     client: Client | None = None,
     images_per_task: int = 8,
+) -> dict[str, dict]:
+    """Encode and decode every image of each split into the folder `out`, with the splits'
+    annotations (COCO, YOLO labels, `data.yaml`); returns each split's summary."""
+    summaries = {
+        split: _encode_split(spec, dataset, out, split, client, images_per_task)
+        for split, dataset in splits.items()
+    }
+    write_json(out / "summary.json", summaries)
+    categories = next(iter(splits.values())).data["categories"]
+    paths = {split: f"images/{split}" for split in splits}
+    first = next(iter(paths.values()))  # ultralytics needs `train` and `val` in every YAML
+    paths = {"train": first, "val": first, **paths}
+    write_dataset_yaml(out / "data.yaml", yolo_names(categories), paths)
+    return summaries
+
+
+def _encode_split(
+    spec: CodecSpec,
+    dataset: PreparedDataset,
+    out: Path,
+    split: str,
+    client: Client | None,
+    images_per_task: int,
 ) -> dict:
-    """Encode and decode every image of `dataset` into the folder `out`; returns the summary."""
     jobs = [(str(dataset.image_path(im)), _stem(im["file_name"])) for im in dataset.images]
     tasks = [jobs[i : i + images_per_task] for i in range(0, len(jobs), images_per_task)]
-    args = (spec, str(out))
-    with tqdm(total=len(jobs), desc=f"encode {dataset.path.name}", unit="img") as bar:
+    args = (spec, str(out), split)
+    with tqdm(total=len(jobs), desc=f"encode {split}", unit="img") as bar:
         if client is None:
             for task in tasks:
                 bar.update(_encode_images(*args, task))
@@ -71,15 +103,15 @@ def encode_dataset(
             futures = [client.submit(_encode_images, *args, task, pure=False) for task in tasks]
             for future in as_completed(futures):
                 bar.update(future.result())
-    return _write_index(dataset, out, spec.suffix)
+    return _write_index(dataset, out, split, spec.suffix)
 
 
-def _write_index(dataset: PreparedDataset, out: Path, suffix: str) -> dict:
-    """bpp.csv, summary.json and annotations.json of a folder whose images are all coded."""
+def _write_index(dataset: PreparedDataset, out: Path, split: str, suffix: str) -> dict:
+    """The bpp table and annotations of a split whose images are all coded; its summary."""
     rows, images = [], []
     for image in dataset.images:
         stem = _stem(image["file_name"])
-        size = (out / "bitstreams" / f"{stem}{suffix}").stat().st_size
+        size = (out / "bitstreams" / split / f"{stem}{suffix}").stat().st_size
         pixels = image["width"] * image["height"]
         rows.append(
             {
@@ -91,7 +123,7 @@ def _write_index(dataset: PreparedDataset, out: Path, suffix: str) -> dict:
             }
         )
         images.append({**image, "file_name": f"{stem}.png"})
-    write_csv(out / "bpp.csv", rows, BPP_FIELDS)
+    write_csv(out / "bpp" / f"{split}.csv", rows, BPP_FIELDS)
     total_bits = 8 * sum(r["bytes"] for r in rows)
     total_pixels = sum(r["pixels"] for r in rows)
     summary = {
@@ -101,17 +133,17 @@ def _write_index(dataset: PreparedDataset, out: Path, suffix: str) -> dict:
         "bpp": total_bits / total_pixels if total_pixels else float("nan"),
         "bpp_definition": "total bits of all bitstream files (headers included) / total pixels",
     }
-    write_json(out / "summary.json", summary)
     coded = {
         **dataset.data,
         "images": images,
-        "icmflow": {"image_root": "images", "source": str(dataset.path)},
+        "icmflow": {"image_root": f"../images/{split}", "source": str(dataset.path)},
     }
-    write_json(out / "annotations.json", coded, indent=None)
+    write_json(coded_split(out, split), coded, indent=None)
+    write_yolo_labels(out, split, coded)
     return summary
 
 
-def read_bytes_per_image(coded_dir: Path) -> dict[int, int]:
-    """Bitstream bytes of each image id, from `bpp.csv`."""
-    with (coded_dir / "bpp.csv").open(newline="") as handle:
+def read_bytes_per_image(coded_dir: Path, split: str) -> dict[int, int]:
+    """Bitstream bytes of each image id of one split, from its bpp table."""
+    with (coded_dir / "bpp" / f"{split}.csv").open(newline="") as handle:
         return {int(row["image_id"]): int(row["bytes"]) for row in csv.DictReader(handle)}

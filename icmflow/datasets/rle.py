@@ -33,13 +33,15 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
     return {"size": list(mask.shape), "counts": counts}
 
 
-def _rle_counts(counts: bytes) -> np.ndarray:
+def _rle_counts(counts: bytes | str) -> np.ndarray:
     """The run lengths of a compressed RLE string, vectorised as pycocotools' `rleFrString`.
 
     Each run length is coded in 6-bit characters (offset 48): 5 value bits, low bits first, and
     bit 0x20 meaning "more follows"; bit 0x10 of the last character extends the sign. From the
     fourth run on, a value is the difference to the run two before it.
     """
+    if isinstance(counts, str):  # as COCO JSON holds them
+        counts = counts.encode("ascii")
     chars = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
     ends = np.flatnonzero((chars & 0x20) == 0)
     starts = np.empty_like(ends)

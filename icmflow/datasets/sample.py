@@ -24,7 +24,7 @@ from tqdm import tqdm
 from icmflow.core.files import write_json
 from icmflow.datasets.formats.cityscapes import write_cityscapes
 from icmflow.datasets.formats.visdrone import IGNORED_CATEGORY, write_visdrone
-from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo
+from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo, yolo_names
 from icmflow.datasets.images import write_png
 from icmflow.datasets.rle import uncompressed_rle
 
@@ -214,8 +214,9 @@ def write_sample(out: Path, *, train_images: int, val_images: int, seed: int) ->
     for split, (coco, pixels) in splits.items():
         write_visdrone(out / "visdrone" / split, in_layout(coco, "visdrone"), pixels)
         write_cityscapes(out / "cityscapes", split, in_layout(coco, "cityscapes"), pixels)
-        write_yolo(out / "yolo", split, in_layout(coco, "yolo"), pixels)
-    names = {LAYOUT_CLASSES["yolo"][c["id"]]: c["name"] for c in CATEGORIES}
+        write_yolo(out / "yolo", split, coco, pixels)  # class indices: LAYOUT_CLASSES["yolo"]
     write_dataset_yaml(
-        out / "yolo" / "dataset.yaml", names, {split: f"images/{split}" for split in splits}
+        out / "yolo" / "dataset.yaml",
+        yolo_names(CATEGORIES),
+        {split: f"images/{split}" for split in splits},
     )

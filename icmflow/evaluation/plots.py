@@ -34,6 +34,44 @@ def plot_rd(rows: Sequence[dict], quality: str, path: Path, title: str) -> None:
     fig.savefig(path)
 
 
+def plot_accuracy(rows: Sequence[dict], metric: str, path: Path, title: str) -> None:
+    """A task's `metric` against bpp: one line per series and model (pre-trained solid or, for
+    classical codecs, dashed; fine-tuned dotted with crosses), the original images' accuracy as
+    a horizontal line per model."""
+    fig = Figure(figsize=(7, 5), dpi=120)
+    ax = fig.subplots()
+    for model, line in (("pre-trained", None), ("fine-tuned", ":")):
+        chosen = [r for r in rows if r["model"] == model]
+        for original in (r for r in chosen if r["family"] == "original"):
+            ax.axhline(
+                original[metric],
+                color="black",
+                linestyle=line or "-",
+                linewidth=0.8,
+                label=f"uncompressed ({model})",
+            )
+        for series in sorted({r["series"] for r in chosen if r["family"] != "original"}):
+            points = sorted(
+                (r["bpp"], r[metric], r["family"]) for r in chosen if r["series"] == series
+            )
+            style = line or ("-" if points[0][2] == "learned" else "--")
+            marker = "x" if line else "o"
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                style,
+                marker=marker,
+                label=f"{series} ({model})",
+            )
+    ax.set_xlabel("bits per pixel (bitstream bytes × 8 / pixels)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_training_log(rows: Sequence[dict], path: Path, title: str) -> None:
     """Every logged term against the training step, one panel each (log scale for `loss`)."""
     keys = [k for k in rows[0] if k != "step"] if rows else []

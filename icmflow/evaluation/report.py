@@ -43,15 +43,21 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bd_rates(rows: Sequence[dict], anchors: Sequence[str], method: str) -> list[dict]:
-    """BD-rate (%) of every other series against each anchor series, per quality metric."""
+def bd_rates(
+    rows: Sequence[dict],
+    anchors: Sequence[str],
+    method: str,
+    qualities: Sequence[str] = tuple(QUALITY),
+) -> list[dict]:
+    """BD-rate (%) of every other series against each anchor series, per quality metric (a
+    pixel metric, or a task's accuracy)."""
     series = sorted({r["series"] for r in rows})
     results = []
     for anchor in anchors:
         anchor_rows = [r for r in rows if r["series"] == anchor]
         for test in (s for s in series if s != anchor):
             test_rows = [r for r in rows if r["series"] == test]
-            for quality in QUALITY:
+            for quality in qualities:
                 result = bd_rate(
                     [r["bpp"] for r in anchor_rows],
                     [r[quality] for r in anchor_rows],

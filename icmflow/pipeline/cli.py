@@ -17,8 +17,8 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 
 app = typer.Typer(
     help="Image coding for machines: sample -> prepare -> masks (and edges) -> train -> "
-    "encode -> evaluate -> report. Every command reads params.yaml; `icmflow pipeline` writes "
-    "dvc.yaml from it and `dvc repro` runs them all.",
+    "encode -> evaluate, task -> infer -> finetune -> report. Every command reads params.yaml; "
+    "`icmflow pipeline` writes dvc.yaml from it and `dvc repro` runs them all.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -161,6 +161,30 @@ def encode(codec: Codec) -> None:
 def evaluate(codec: Codec) -> None:
     """Measure bpp, PSNR, object-region PSNR and MS-SSIM of one coded dataset."""
     _run("evaluate", codec)
+
+
+Task = Annotated[str, typer.Argument(help="A key of `tasks` in params.yaml.")]
+Source = Annotated[
+    str, typer.Argument(help="`original` (the uncompressed images) or a key of `codecs`.")
+]
+
+
+@app.command()
+def task(name: Task) -> None:
+    """Train a task model on original images (tasks with `train:`, e.g. the demo's detector)."""
+    _run("task", name)
+
+
+@app.command()
+def infer(source: Source, name: Task) -> None:
+    """Run a task model on the original or a codec's coded images; score its predictions."""
+    _run("infer", source, name)
+
+
+@app.command()
+def finetune(codec: Codec, name: Task) -> None:
+    """Fine-tune a task model on a codec's coded training images; score it on its coded val."""
+    _run("finetune", codec, name)
 
 
 @app.command()

@@ -29,6 +29,7 @@ import yaml
 
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
 from icmflow.pipeline.params import Params, is_learned
+from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
 
@@ -77,7 +78,9 @@ def present(raw: dict, keys: Iterable[str]) -> list[str]:
     return found
 
 
-def _slots(items: dict[str, Item]) -> tuple[dict[str, dict[str, str]], int, int]:
+def _slots(
+    items: dict[str, Item], fields: dict[str, dict[str, str]]
+) -> tuple[dict[str, dict[str, str]], int, int]:
     """Each item's own deps and params as slots `d0..`, `p0..` of equal count (module doc)."""
     n_deps = max((len(d) for d, _ in items.values()), default=0)
     n_params = max((len(p) for _, p in items.values()), default=0)
@@ -89,7 +92,7 @@ def _slots(items: dict[str, Item]) -> tuple[dict[str, dict[str, str]], int, int]
     for key, (deps, params) in items.items():
         slots = {f"d{i}": deps[min(i, len(deps) - 1)] for i in range(n_deps)}
         slots |= {f"p{i}": params[min(i, len(params) - 1)] for i in range(n_params)}
-        rendered[key] = slots
+        rendered[key] = {**fields.get(key, {}), **slots}
     return rendered, n_deps, n_params
 
 
@@ -102,9 +105,11 @@ def _group(
     outs: Sequence[Any],
     plots: Sequence[Any] = (),
     metrics: Sequence[str] = (),
+    fields: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """A `foreach` group over `items` (key -> own deps and params), plus common `params`."""
-    slots, n_deps, n_params = _slots(items)
+    """A `foreach` group over `items` (key -> own deps and params), plus common `params`;
+    `fields` adds named values to items (`${item.<name>}` in `cmd`)."""
+    slots, n_deps, n_params = _slots(items, fields or {})
     do: dict[str, Any] = {"cmd": cmd}
     do["deps"] = [f"${{item.d{i}}}" for i in range(n_deps)] + list(code)
     own = [f"${{item.p{i}}}" for i in range(n_params)]
@@ -248,12 +253,88 @@ class _Builder:
             ),
         }
 
+    TASK_KEYS = ("kind", "backend", "weights", "input_size", "classes", "device", "options")
+
+    def task_keys(self, name: str, *fields: str) -> list[str]:
+        """The `fields` of task entry `name` that are written in params.yaml."""
+        written = self.raw["tasks"][name]
+        return [f"tasks.{name}.{field}" for field in fields if field in written]
+
+    def task_weights(self, name: str) -> list[str]:
+        """The base weights of task `name` as a dependency, when they are in the project."""
+        weights = self.params.task(name).weights
+        if weights is None:
+            return [str(self.paths.task_weights(name))]
+        inside = (self.root / weights).resolve().is_relative_to(self.root.resolve())
+        return [weights] if inside and not Path(weights).is_absolute() else []
+
+    def source_data(self, source: str) -> str:
+        if source == ORIGINAL:
+            return str(self.paths.prepared(self.params.encode.dataset))
+        return str(self.paths.coded(source))
+
+    def tasks(self) -> dict[str, Any]:
+        p, paths = self.params, self.paths
+        if not p.tasks:
+            return {}
+        trained = {name: task for name, task in p.tasks.items() if task.train}
+        stages: dict[str, Any] = {}
+        if trained:
+            stages["task"] = _group(
+                "icmflow task ${key}",
+                {
+                    name: (
+                        [str(paths.prepared(task.train.dataset))],
+                        self.task_keys(name, "kind", "backend", "train", "input_size", "options"),
+                    )
+                    for name, task in trained.items()
+                },
+                code=self.code("task"),
+                outs=["models/tasks/${key}"],
+            )
+        pairs = [(source, name) for name in p.tasks for source in (ORIGINAL, *p.codecs)]
+        stages["infer"] = _group(
+            "icmflow infer ${item.source} ${item.task}",
+            {
+                f"{source}-{name}": (
+                    [self.source_data(source), *self.task_weights(name)],
+                    self.task_keys(name, *self.TASK_KEYS),
+                )
+                for source, name in pairs
+            },
+            code=self.code("infer"),
+            params=self.keys("encode.dataset", "encode.split"),
+            outs=["results/tasks/${key}"],
+            fields={f"{s}-{n}": {"source": s, "task": n} for s, n in pairs},
+        )
+        if p.finetuned():
+            stages["finetune"] = _group(
+                "icmflow finetune ${item.codec} ${item.task}",
+                {
+                    f"{codec}-{name}": (
+                        [str(paths.coded(codec)), *self.task_weights(name)],
+                        self.task_keys(name, "finetune", *self.TASK_KEYS),
+                    )
+                    for codec, name in p.finetuned()
+                },
+                code=self.code("finetune"),
+                params=self.keys("encode.dataset", "encode.split", "encode.train_split"),
+                outs=["models/finetuned/${key}", "results/finetuned/${key}"],
+                fields={f"{c}-{n}": {"codec": c, "task": n} for c, n in p.finetuned()},
+            )
+        return stages
+
     def report(self) -> dict[str, Any]:
         report = str(self.paths.report)
+        results = ["results/metrics"]
+        if self.params.tasks:
+            results.append("results/tasks")
+        if self.params.finetuned():
+            results.append("results/finetuned")
         return _stage(
             "icmflow report",
-            ["results/metrics", *self.code("report")],
-            self.keys("codecs", "report"),
+            [*results, *self.code("report")],
+            self.keys("codecs", "tasks", "report"),
             [report],
         )
 
@@ -285,6 +366,7 @@ class _Builder:
             ),
             **self.datasets(),
             **self.codecs(),
+            **self.tasks(),
             "report": self.report(),
         }
         return {"stages": stages, "plots": self.plots()}

@@ -42,6 +42,27 @@ class Paths:
     def metrics(self, codec: str) -> Path:
         return self.root / "results" / "metrics" / codec
 
+    def task_model(self, task: str) -> Path:
+        """A task model trained in the pipeline (`task@`): `weights.pt` and its provenance."""
+        return self.root / "models" / "tasks" / task
+
+    def task_weights(self, task: str) -> Path:
+        return self.task_model(task) / "weights.pt"
+
+    def predictions(self, source: str, task: str) -> Path:
+        """`infer@<source>-<task>`: predictions and accuracy of a task on `source`'s images."""
+        return self.root / "results" / "tasks" / f"{source}-{task}"
+
+    def finetuned_model(self, codec: str, task: str) -> Path:
+        return self.root / "models" / "finetuned" / f"{codec}-{task}"
+
+    def finetuned_weights(self, codec: str, task: str) -> Path:
+        return self.finetuned_model(codec, task) / "weights.pt"
+
+    def finetuned(self, codec: str, task: str) -> Path:
+        """`finetune@<codec>-<task>`: accuracy of the fine-tuned model on the codec's images."""
+        return self.root / "results" / "finetuned" / f"{codec}-{task}"
+
     @property
     def report(self) -> Path:
         return self.root / "results" / "report"

@@ -34,16 +34,20 @@ def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
 
 def run(params: Params, paths: Paths, name: str) -> None:
     options = params.encode
-    dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    names = [options.split] + ([options.train_split] if options.train_split else [])
+    splits = {
+        split: PreparedDataset.load(paths.prepared_split(options.dataset, split)) for split in names
+    }
     spec = codec_spec(params, paths, name)
-    work = WorkDir(paths.work("encode", name), fingerprint(spec, file_digest(dataset.path)))
+    digests = [file_digest(dataset.path) for dataset in splits.values()]
+    work = WorkDir(paths.work("encode", name), fingerprint(spec, *digests))
     if not work.resume():
         work.seal()
     out = work.path / "out"
-    tasks = -(-len(dataset.images) // options.images_per_task)
+    tasks = sum(-(-len(d.images) // options.images_per_task) for d in splits.values())
     with dask_client(options.scheduler, n_workers=options.n_workers, tasks=tasks) as client:
-        summary = encode_dataset(
-            spec, dataset, out, client=client, images_per_task=options.images_per_task
+        summaries = encode_dataset(
+            spec, splits, out, client=client, images_per_task=options.images_per_task
         )
     write_provenance(
         out,
@@ -52,10 +56,12 @@ def run(params: Params, paths: Paths, name: str) -> None:
     )
     replace(out, paths.coded(name))
     work.discard()
-    log.info(
-        "%s: %d images, %.4f bpp (%s)",
-        name,
-        summary["images"],
-        summary["bpp"],
-        summary["bpp_definition"],
-    )
+    for split, summary in summaries.items():
+        log.info(
+            "%s %s: %d images, %.4f bpp (%s)",
+            name,
+            split,
+            summary["images"],
+            summary["bpp"],
+            summary["bpp_definition"],
+        )

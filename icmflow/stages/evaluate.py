@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from icmflow.coding.coded_dataset import read_bytes_per_image
+from icmflow.coding.coded_dataset import coded_split, read_bytes_per_image
 from icmflow.core.files import atomic_directory, write_csv, write_json
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.evaluate import evaluate_coded
@@ -17,9 +17,9 @@ def run(params: Params, paths: Paths, name: str) -> None:
     coded_dir = paths.coded(name)
     rows, summary = evaluate_coded(
         PreparedDataset.load(paths.prepared_split(options.dataset, options.split)),
-        PreparedDataset.load(coded_dir / "annotations.json"),
+        PreparedDataset.load(coded_split(coded_dir, options.split)),
         MaskStore(paths.mask_store("object", options.dataset, options.split)),
-        read_bytes_per_image(coded_dir),
+        read_bytes_per_image(coded_dir, options.split),
     )
     with atomic_directory(paths.metrics(name)) as out:
         write_csv(out / "per_image.csv", rows, list(rows[0]) if rows else [])

@@ -1,23 +1,32 @@
-"""Stage `report`: the RD table, BD-rates against the anchor series, and RD plots."""
+"""Stage `report`: the RD table, BD-rates against the anchor series, and RD plots; with task
+models, the accuracy–rate table, its BD-rates and plots."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 from icmflow.core.errors import MissingInputError
 from icmflow.core.files import atomic_directory, write_csv, write_json, write_text
-from icmflow.evaluation.plots import QUALITY, plot_rd
+from icmflow.evaluation.accuracy import COLUMNS as ACCURACY_COLUMNS
+from icmflow.evaluation.accuracy import HEADLINES, accuracy_row, columns, sort_rows
+from icmflow.evaluation.plots import QUALITY, plot_accuracy, plot_rd
 from icmflow.evaluation.report import COLUMNS, bd_rates, markdown_table, rd_table
 from icmflow.pipeline.params import Params
+from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
 
 
-def _load_metrics(paths: Paths, name: str) -> dict:
-    path = paths.metrics(name) / "metrics.json"
+def _load(path: Path, command: str) -> dict:
     if not path.is_file():
-        raise MissingInputError(f"{path}: missing; run `icmflow evaluate {name}` first")
-    metrics = json.loads(path.read_text())
+        raise MissingInputError(f"{path}: missing; run `icmflow {command}` first")
+    return json.loads(path.read_text())
+
+
+def _load_metrics(paths: Paths, name: str) -> dict:
+    metrics = _load(paths.metrics(name) / "metrics.json", f"evaluate {name}")
     for key in QUALITY:  # JSON has no NaN: null stands for it
         metrics[key] = float("nan") if metrics[key] is None else metrics[key]
     return metrics
@@ -28,6 +37,64 @@ def _note(anchors: list[str], method: str) -> str:
         f"\n## BD-rate against {', '.join(f'`{a}`' for a in anchors)} ({method})\n\n"
         "Negative: the test series needs fewer bits for the same quality.\n\n"
     )
+
+
+def _accuracy_rows(params: Params, paths: Paths, rows: list[dict], task: str) -> list[dict]:
+    sources = {r["codec"]: r for r in rows}
+    original = {"codec": ORIGINAL, "family": ORIGINAL, "series": ORIGINAL, "setting": ""}
+    found = []
+    for source in (ORIGINAL, *params.codecs):
+        fields = (
+            original | {"bpp": math.nan}
+            if source == ORIGINAL
+            else {k: sources[source][k] for k in ("codec", "family", "series", "setting", "bpp")}
+        )
+        accuracy = _load(
+            paths.predictions(source, task) / "accuracy.json", f"infer {source} {task}"
+        )
+        found.append(accuracy_row(task, "pre-trained", fields, accuracy))
+        if (source, task) in params.finetuned():
+            tuned = _load(
+                paths.finetuned(source, task) / "accuracy.json", f"finetune {source} {task}"
+            )
+            found.append(accuracy_row(task, "fine-tuned", fields, tuned))
+    return sort_rows(found)
+
+
+def _write_accuracy(params: Params, paths: Paths, rows: list[dict], out: Path) -> None:
+    """accuracy.csv / .md, accuracy_bd_rate.json and one plot per task and headline metric."""
+    options, text, everything, bd = params.report, ["# Accuracy–rate\n"], [], []
+    for task, entry in params.tasks.items():
+        task_rows = _accuracy_rows(params, paths, rows, task)
+        metrics = HEADLINES[entry.kind]
+        everything += task_rows
+        write_csv(out / f"accuracy_{task}.csv", task_rows, columns(entry.kind))
+        text += [f"\n## {task} ({entry.kind}, {entry.backend})\n\n"]
+        text += [markdown_table(task_rows, columns(entry.kind))]
+        for model in ("pre-trained", "fine-tuned"):
+            curves = [r for r in task_rows if r["model"] == model and r["family"] != ORIGINAL]
+            if curves:
+                found = bd_rates(curves, options.anchors, options.bd_method, metrics)
+                bd += [{"task": task, "model": model, **b} for b in found]
+        for metric in metrics:
+            plot_accuracy(
+                task_rows, metric, out / f"accuracy_{task}_{metric}.png", f"{task}: {metric}"
+            )
+    metrics = dict.fromkeys(m for entry in params.tasks.values() for m in HEADLINES[entry.kind])
+    write_csv(out / "accuracy.csv", everything, (*ACCURACY_COLUMNS, *metrics))
+    write_json(out / "accuracy_bd_rate.json", bd)
+    text += [
+        _note(options.anchors, options.bd_method).replace("same quality", "same accuracy"),
+        markdown_table(
+            [{**b, "bd_rate_percent": _nan(b["bd_rate_percent"])} for b in bd],
+            ("task", "model", "test", "anchor", "quality", "bd_rate_percent", "note"),
+        ),
+    ]
+    write_text(out / "accuracy.md", "".join(text))
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def run(params: Params, paths: Paths) -> None:
@@ -49,15 +116,7 @@ def run(params: Params, paths: Paths) -> None:
         for series in params.series():  # one file per series, for dvc.yaml's plots
             write_csv(out / f"rd_{series}.csv", [r for r in rows if r["series"] == series], COLUMNS)
         write_json(out / "bd_rate.json", bd)
-        bd_rows = [
-            {
-                **b,
-                "bd_rate_percent": float("nan")
-                if b["bd_rate_percent"] is None
-                else b["bd_rate_percent"],
-            }
-            for b in bd
-        ]
+        bd_rows = [{**b, "bd_rate_percent": _nan(b["bd_rate_percent"])} for b in bd]
         write_text(
             out / "rd.md",
             "# Rate–distortion\n\n"
@@ -69,8 +128,14 @@ def run(params: Params, paths: Paths) -> None:
         )
         for quality, label in QUALITY.items():
             plot_rd(rows, quality, out / f"{quality}_bpp.png", f"{label} against rate")
+        if params.tasks:
+            _write_accuracy(params, paths, rows, out)
         write_provenance(
             out,
             "report",
-            {"codecs": list(params.codecs), "report": options.model_dump()},
+            {
+                "codecs": list(params.codecs),
+                "tasks": list(params.tasks),
+                "report": options.model_dump(),
+            },
         )

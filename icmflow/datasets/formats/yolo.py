@@ -14,6 +14,7 @@ annotations.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -132,33 +133,71 @@ class YoloOptions(FormatOptions):
 FORMATS.register("yolo")(DatasetFormat(YoloOptions, read_yolo))
 
 
-def _row(ann: dict, width: int, height: int) -> str:
-    segmentation = ann["segmentation"]
-    if isinstance(segmentation, list) and len(segmentation) == 1:
-        coords = [v / (width if k % 2 == 0 else height) for k, v in enumerate(segmentation[0])]
-    else:  # RLE or several polygons: the box
-        x, y, w, h = ann["bbox"]
-        coords = [(x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
-    return " ".join([str(ann["category_id"]), *(f"{v:.{DECIMALS}f}" for v in coords)])
+def yolo_classes(categories: list[dict]) -> dict[int, int]:
+    """Category id -> YOLO class index: positions in sorted id order (identity for 0, 1, ...)."""
+    return {cid: index for index, cid in enumerate(sorted(c["id"] for c in categories))}
+
+
+def label_row(index: int, coords: Sequence[float]) -> str:
+    """A label row: the class index and normalised coordinates, as ultralytics writes them."""
+    return " ".join([str(index), *(f"{v:.{DECIMALS}f}" for v in coords)])
+
+
+def box_row(ann: dict, width: int, height: int, index: int) -> str | None:
+    """The annotation's box as a row, clipped to the image; None when nothing is left."""
+    x, y, w, h = ann["bbox"]
+    x0, x1 = min(max(x / width, 0), 1), min(max((x + w) / width, 0), 1)
+    y0, y1 = min(max(y / height, 0), 1), min(max((y + h) / height, 0), 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return label_row(index, [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+
+
+def image_rows(annotations: list[dict], width: int, height: int, classes: dict[int, int]) -> str:
+    """One image's label file: polygon rows when every object is a single polygon, else box
+    rows (ultralytics misreads a file that mixes the two). Crowd regions are left out."""
+    objects = [ann for ann in annotations if not ann["iscrowd"]]
+    polygons = all(
+        isinstance(a["segmentation"], list) and len(a["segmentation"]) == 1 for a in objects
+    )
+    rows = []
+    for ann in objects:
+        index = classes[ann["category_id"]]
+        if polygons:
+            points = ann["segmentation"][0]
+            rows.append(
+                label_row(index, [v / (width, height)[k % 2] for k, v in enumerate(points)])
+            )
+        elif row := box_row(ann, width, height, index):
+            rows.append(row)
+    return "".join(f"{row}\n" for row in rows)
+
+
+def write_yolo_labels(out: Path, split: str, coco: dict) -> None:
+    """`out/labels/<split>/<stem>.txt` for every image of a COCO dict (`yolo_classes` indices,
+    `image_rows`)."""
+    classes = yolo_classes(coco["categories"])
+    annotations: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
+    for ann in coco["annotations"]:
+        annotations[ann["image_id"]].append(ann)
+    for image in coco["images"]:
+        rows = image_rows(annotations[image["id"]], image["width"], image["height"], classes)
+        write_text(out / "labels" / split / f"{Path(image['file_name']).stem}.txt", rows)
 
 
 def write_yolo(out: Path, split: str, coco: dict, pixels: list[np.ndarray]) -> None:
-    """Write `out/images/<split>/<stem>.png` and `out/labels/<split>/<stem>.txt` from a COCO dict.
-
-    Category ids must be class indices; crowd annotations are left out (YOLO has none);
-    single polygons become segment rows, everything else box rows.
-    """
-    rows: dict[int, list[str]] = {image["id"]: [] for image in coco["images"]}
-    sizes = {image["id"]: (image["width"], image["height"]) for image in coco["images"]}
-    for ann in coco["annotations"]:
-        if not ann["iscrowd"]:
-            rows[ann["image_id"]].append(_row(ann, *sizes[ann["image_id"]]) + "\n")
+    """`out/images/<split>/<stem>.png` and their labels (`write_yolo_labels`) from a COCO dict."""
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     pairs = list(zip(coco["images"], pixels, strict=True))
     for image, rgb in tqdm(pairs, desc=f"write yolo {split}", unit="img"):
-        stem = Path(image["file_name"]).stem
-        write_png(out / "images" / split / f"{stem}.png", rgb)
-        write_text(out / "labels" / split / f"{stem}.txt", "".join(rows[image["id"]]))
+        write_png(out / "images" / split / f"{Path(image['file_name']).stem}.png", rgb)
+    write_yolo_labels(out, split, coco)
+
+
+def yolo_names(categories: list[dict]) -> dict[int, str]:
+    """YOLO class index -> category name (`yolo_classes` order)."""
+    names = {c["id"]: c["name"] for c in categories}
+    return {index: names[cid] for cid, index in yolo_classes(categories).items()}
 
 
 def write_dataset_yaml(path: Path, names: dict[int, str], splits: dict[str, str]) -> None:

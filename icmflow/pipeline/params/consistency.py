@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from icmflow.pipeline.params.project import Params
+from icmflow.pipeline.params.tasks import ORIGINAL
 
 Problem = tuple[str, str]
 
@@ -64,6 +65,52 @@ def _sam_problems(params: Params) -> list[Problem]:
     return problems
 
 
+def _task_problems(params: Params) -> list[Problem]:
+    problems: list[Problem] = []
+    if ORIGINAL in params.codecs:
+        problems.append(
+            (f"codecs.{ORIGINAL}", "is reserved for the uncompressed images: rename it")
+        )
+    for name, task in params.tasks.items():
+        key = f"tasks.{name}"
+        if task.train:
+            problems += _split_problems(
+                params, f"{key}.train", task.train.dataset, task.train.split
+            )
+        if not task.finetune:
+            continue
+        unknown = [c for c in task.finetune.codecs if c not in params.codecs]
+        if unknown:
+            problems.append(
+                (
+                    f"{key}.finetune.codecs",
+                    f"{unknown} are not under codecs ({', '.join(params.codecs)})",
+                )
+            )
+        if params.encode.train_split is None:
+            problems.append(
+                (
+                    "encode.train_split",
+                    f"{key}.finetune trains on coded training images: set encode.train_split "
+                    "(e.g. train) so that every encode@ codes that split too",
+                )
+            )
+    splits = (
+        params.datasets[params.encode.dataset].splits
+        if params.encode.dataset in params.datasets
+        else {}
+    )
+    if params.encode.train_split is not None and splits and params.encode.train_split not in splits:
+        problems.append(
+            (
+                "encode.train_split",
+                f"{params.encode.train_split!r} is not a split of dataset "
+                f"{params.encode.dataset!r} (splits: {', '.join(splits)})",
+            )
+        )
+    return problems
+
+
 def consistency_problems(params: Params) -> list[Problem]:
     problems = _training_problems(params)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
@@ -73,4 +120,4 @@ def consistency_problems(params: Params) -> list[Problem]:
             problems.append(
                 ("report.anchors", f"{anchor!r} is no codec series (series: {', '.join(series)})")
             )
-    return problems + _sam_problems(params)
+    return problems + _task_problems(params) + _sam_problems(params)

@@ -21,6 +21,7 @@ from icmflow.pipeline.params.sections import (
     Section,
     TrainParams,
 )
+from icmflow.pipeline.params.tasks import TaskEntry
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
@@ -39,6 +40,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     codecs: dict[Name, CodecEntry] = Field(min_length=1)
     encode: EncodeParams = EncodeParams()
+    tasks: dict[Name, TaskEntry] = Field(default_factory=dict)
     report: ReportParams
 
     def codec(self, name: str) -> CodecEntry:
@@ -62,6 +64,22 @@ class Params(Section):
         """`train` with the overrides of codec `name`."""
         overrides = self.learned(name).train.model_dump(exclude_none=True)
         return self.train.model_copy(update=overrides)
+
+    def task(self, name: str) -> TaskEntry:
+        if name not in self.tasks:
+            raise ParamsError(
+                f"task {name!r} is not in params.yaml tasks ({', '.join(self.tasks)})"
+            )
+        return self.tasks[name]
+
+    def finetuned(self) -> list[tuple[str, str]]:
+        """(codec, task) pairs that get a finetune@ stage, in params order."""
+        return [
+            (codec, name)
+            for name, task in self.tasks.items()
+            if task.finetune
+            for codec in task.finetune.codecs
+        ]
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:

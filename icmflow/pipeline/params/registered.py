@@ -1,4 +1,5 @@
-"""Checks of codec entries against the registries of architectures and objectives.
+"""Checks of codec and task entries against the registries of architectures, objectives and
+task backends.
 
 Importing those registries imports PyTorch and CompressAI (seconds per process), so these checks
 run where the registries are used anyway: in `icmflow pipeline` (the first stage of every
@@ -56,9 +57,33 @@ def registered_problems(params: Params) -> list[Problem]:
     return problems
 
 
+def task_problems(params: Params) -> list[Problem]:
+    from icmflow.vision.tasks.base import TASK_BACKENDS
+
+    problems: list[Problem] = []
+    for name, task in params.tasks.items():
+        if task.backend not in TASK_BACKENDS:
+            problems.append(
+                (
+                    f"tasks.{name}.backend",
+                    f"unknown task backend {task.backend!r}; "
+                    f"registered: {', '.join(TASK_BACKENDS)}",
+                )
+            )
+        elif task.kind not in (kinds := TASK_BACKENDS[task.backend].kinds):
+            problems.append(
+                (
+                    f"tasks.{name}.kind",
+                    f"backend {task.backend} has no {task.kind} models "
+                    f"({', '.join(sorted(kinds))})",
+                )
+            )
+    return problems
+
+
 def check_registered(params: Params) -> None:
     """Raise a `ParamsError` listing every entry the registries refuse."""
-    problems = registered_problems(params)
+    problems = registered_problems(params) + task_problems(params)
     if problems:
         lines = [f"  {key}: {message}" for key, message in problems]
         raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))

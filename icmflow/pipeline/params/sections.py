@@ -100,7 +100,10 @@ TrainOverrides = create_model(
 
 class EncodeParams(Section):
     dataset: str = "sample"
-    split: str = "val"
+    split: str = Field("val", description="the split every codec is evaluated on")
+    train_split: str | None = Field(
+        None, description="coded too, for fine-tuning task models on (tasks.<name>.finetune)"
+    )
     device: str = "cpu"
     scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
     n_workers: int = Field(2, gt=0)

@@ -1,0 +1,55 @@
+"""Task models as params.yaml `tasks` describes them: specs, weights, class mappings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from icmflow.core.errors import CheckpointError
+from icmflow.datasets.prepared import PreparedDataset
+from icmflow.pipeline.params import Params, check_registered
+from icmflow.pipeline.paths import Paths
+from icmflow.runtime.devices import resolve_device
+from icmflow.tasks.classes import ClassMapping, class_mapping
+from icmflow.vision.tasks.base import TASK_BACKENDS, TaskBackend, TaskModel, TaskModelSpec
+
+
+def backend(params: Params, name: str) -> TaskBackend:
+    check_registered(params)
+    return TASK_BACKENDS[params.task(name).backend]
+
+
+def base_weights(params: Params, paths: Paths, name: str) -> Path:
+    """The task's own weights: its `weights` file, or what `task@<name>` trained."""
+    entry = params.task(name)
+    if entry.weights is not None:
+        weights = Path(entry.weights)
+        if not weights.is_file():
+            raise CheckpointError(
+                f"{weights}: task {name}'s weights file (params.yaml tasks.{name}.weights) is "
+                "not there; put the file there (icmflow never downloads weights) or fix the path"
+            )
+        return weights
+    weights = paths.task_weights(name)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: not found; run `icmflow task {name}` first")
+    return weights
+
+
+def task_spec(params: Params, name: str, weights: Path) -> TaskModelSpec:
+    entry = params.task(name)
+    return TaskModelSpec(
+        kind=entry.kind,
+        weights=weights,
+        input_size=entry.input_size,
+        device=str(resolve_device(entry.device)),
+        options=entry.options,
+    )
+
+
+def load_task_model(
+    params: Params, name: str, weights: Path, dataset: PreparedDataset
+) -> tuple[TaskModel, ClassMapping]:
+    """The model and its mapping onto `dataset`'s categories, both checked before any image."""
+    model = backend(params, name).load(task_spec(params, name, weights))
+    explicit = params.task(name).classes
+    return model, class_mapping(dataset.data["categories"], model.class_names, explicit)

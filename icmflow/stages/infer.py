@@ -1,0 +1,57 @@
+"""Stage `infer@<source>-<task>`: a task model on the original or a codec's coded images.
+
+`source` is `original` (the uncompressed `encode.split`: the reference line of the plots) or
+a codec entry (its coded `encode.split`). Writes the predictions and `accuracy.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from icmflow.coding.coded_dataset import coded_split
+from icmflow.core.files import atomic_directory, write_json
+from icmflow.datasets.prepared import PreparedDataset
+from icmflow.pipeline.params import Params
+from icmflow.pipeline.params.tasks import ORIGINAL
+from icmflow.pipeline.paths import Paths
+from icmflow.pipeline.provenance import write_provenance
+from icmflow.pipeline.tasks import base_weights, load_task_model
+from icmflow.tasks.accuracy import predict_dataset, score_predictions
+
+log = logging.getLogger(__name__)
+
+
+def source_dataset(params: Params, paths: Paths, source: str) -> PreparedDataset:
+    """The `encode.split` images of `source`: the original ones, or a codec's decoded ones."""
+    options = params.encode
+    if source == ORIGINAL:
+        return PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    params.codec(source)
+    return PreparedDataset.load(coded_split(paths.coded(source), options.split))
+
+
+def run(params: Params, paths: Paths, source: str, task: str) -> None:
+    entry = params.task(task)
+    dataset = source_dataset(params, paths, source)
+    model, mapping = load_task_model(params, task, base_weights(params, paths, task), dataset)
+    log.info("%s: %s", task, mapping.description)
+    predictions = predict_dataset(model, dataset)
+    with atomic_directory(paths.predictions(source, task)) as out:
+        accuracy = score_predictions(entry.kind, dataset, predictions, mapping, out)
+        write_json(out / "accuracy.json", {"source": source, "task": task, **accuracy})
+        write_provenance(
+            out,
+            f"infer@{source}-{task}",
+            {"tasks": {task: entry.model_dump()}, "encode": params.encode.model_dump()},
+        )
+    log.info("%s on %s: %s", task, source, _headline(accuracy))
+
+
+def _headline(accuracy: dict) -> str:
+    if "miou" in accuracy:
+        return f"mIoU {accuracy['miou']:.4f}"
+    return ", ".join(
+        f"{iou_type} mAP50-95 {scores['map']:.4f} mAP50 {scores['map50']:.4f}"
+        for iou_type, scores in accuracy.items()
+        if scores["map"] is not None
+    )

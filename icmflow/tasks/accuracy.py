@@ -1,0 +1,91 @@
+"""A task model over a dataset: its predictions, and their accuracy against the annotations.
+
+Detection and instance segmentation give COCO results (mAP50-95 and mAP50 of boxes, and of
+masks for instances, by pycocotools' COCOeval); semantic segmentation gives label PNGs and mIoU
+against the annotations rasterised per category (`scoring.semantic_ground_truth`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from icmflow.core.errors import InputError
+from icmflow.datasets.images import read_rgb
+from icmflow.datasets.prepared import PreparedDataset
+from icmflow.tasks.classes import ClassMapping
+from icmflow.tasks.predictions import coco_results, write_label_pngs, write_results
+from icmflow.tasks.scoring import score_detection, score_semantic, semantic_ground_truth
+from icmflow.vision.tasks.base import Prediction, TaskKind, TaskModel
+
+IOU_TYPES: dict[TaskKind, tuple[str, ...]] = {
+    "detection": ("bbox",),
+    "instance_segmentation": ("bbox", "segm"),
+}
+
+
+def predict_dataset(
+    model: TaskModel, dataset: PreparedDataset, *, batch_size: int = 8
+) -> dict[int, Prediction]:
+    """Image id -> the model's prediction on that image, read from the dataset's files."""
+    images = dataset.images
+    predictions: dict[int, Prediction] = {}
+    with tqdm(total=len(images), desc=f"infer {dataset.path.name}", unit="img") as bar:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            pixels = [_read(dataset, image) for image in batch]
+            for image, prediction in zip(batch, model.predict(pixels), strict=True):
+                predictions[image["id"]] = prediction
+            bar.update(len(batch))
+    return predictions
+
+
+def _read(dataset: PreparedDataset, image: dict) -> np.ndarray:
+    """An image's pixels, refused when undecodable or not the size its annotations are for."""
+    path = dataset.image_path(image)
+    try:
+        rgb = read_rgb(path)
+    except (OSError, ValueError) as err:
+        raise InputError(
+            path, "", f"cannot be decoded ({err}): rerun the stage that wrote it"
+        ) from None
+    if rgb.shape[:2] != (image["height"], image["width"]):
+        raise InputError(
+            path,
+            "",
+            f"is {rgb.shape[1]}x{rgb.shape[0]} but {dataset.path} annotates it as "
+            f"{image['width']}x{image['height']}: rerun the stage that wrote it",
+        )
+    return rgb
+
+
+def score_predictions(
+    kind: TaskKind,
+    dataset: PreparedDataset,
+    predictions: dict[int, Prediction],
+    mapping: ClassMapping,
+    out: Path,
+) -> dict:
+    """Write the predictions under `out` (`predictions.json`, or `labels/` PNGs) and return
+    their accuracy against `dataset`'s annotations."""
+    if kind == "semantic_segmentation":
+        names = {image["id"]: image["file_name"] for image in dataset.images}
+        write_label_pngs(predictions, mapping, out / "labels", names)
+        return score_semantic(
+            _ground_truth_maps(dataset),
+            (mapping.categories_of(predictions[image["id"]]) for image in dataset.images),
+            dataset.data["categories"],
+        )
+    results = coco_results(predictions, mapping, kind)
+    write_results(out / "predictions.json", results)
+    return {
+        iou_type: score_detection(dataset.data, results, iou_type) for iou_type in IOU_TYPES[kind]
+    }
+
+
+def _ground_truth_maps(dataset: PreparedDataset) -> Iterator[np.ndarray]:
+    for image in dataset.images:
+        yield semantic_ground_truth(dataset, image)

@@ -1,0 +1,114 @@
+"""Task predictions as files: COCO results JSON (boxes, masks) and label PNGs (semantic maps).
+
+Both are in the dataset's category ids (through a `ClassMapping`); predictions of model classes
+that are no dataset category are dropped.
+
+Label PNG convention: one single-channel PNG per image, each pixel the category id it is
+predicted as, 0 meaning background / no category (so category ids must be >= 1). The PNG is
+8-bit when every category id fits (<= 255), 16-bit otherwise. It lies at the image's
+`file_name` (sub-folders kept) with the suffix `.png`, under the output folder.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from icmflow.core.errors import InputError, MissingInputError
+from icmflow.core.files import write_bytes, write_json
+from icmflow.datasets.coco import load_json
+from icmflow.tasks.classes import ClassMapping
+from icmflow.vision.tasks.base import Detections, TaskKind
+
+BOX_DECIMALS = 3
+SCORE_DECIMALS = 5
+
+
+def coco_results(
+    predictions: dict[int, Detections], mapping: ClassMapping, kind: TaskKind
+) -> list[dict]:
+    """COCO results (image_id, category_id, bbox x, y, w, h, score, and for instance
+    segmentation an RLE `segmentation` with str counts), in image-id order."""
+    if kind == "semantic_segmentation":
+        raise ValueError("semantic predictions are label maps: write them with write_label_pngs")
+    results = []
+    for image_id in sorted(predictions):
+        detections = predictions[image_id]
+        if kind == "instance_segmentation" and detections.masks is None:
+            raise ValueError(f"image {image_id}: instance segmentation detections carry no masks")
+        for i, model_class in enumerate(detections.classes.tolist()):
+            category = mapping.category_of(model_class)
+            if category is None:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in detections.boxes[i])
+            result = {
+                "image_id": int(image_id),
+                "category_id": category,
+                "bbox": [round(v, BOX_DECIMALS) for v in (x0, y0, x1 - x0, y1 - y0)],
+                "score": round(float(detections.scores[i]), SCORE_DECIMALS),
+            }
+            if kind == "instance_segmentation":
+                result["segmentation"] = _json_rle(detections.masks[i])
+            results.append(result)
+    return results
+
+
+def _json_rle(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    """Write COCO results JSON atomically."""
+    write_json(path, results, indent=None)
+
+
+def read_results(path: Path) -> list[dict]:
+    """Read a COCO results JSON; `InputError` naming the file when it is missing or no list."""
+    results = load_json(path)
+    if not isinstance(results, list):
+        raise InputError(path, "", "not a COCO results file (a list of detections)")
+    return results
+
+
+def label_png_path(out_dir: Path, file_name: str) -> Path:
+    """Where the label PNG of the image `file_name` lies under `out_dir`."""
+    return Path(out_dir) / Path(file_name).with_suffix(".png")
+
+
+def write_label_pngs(
+    predictions: dict[int, np.ndarray],
+    mapping: ClassMapping,
+    out_dir: Path,
+    file_names: dict[int, str],
+) -> None:
+    """Write each image's (H, W) map of model classes as a label PNG of category ids.
+
+    `file_names` maps image ids to the images' `file_name`s; each file is written atomically.
+    """
+    paths = {image_id: label_png_path(out_dir, file_names[image_id]) for image_id in predictions}
+    if len(set(paths.values())) < len(paths):
+        raise ValueError("images whose file names differ only in the suffix share a label PNG")
+    if min(mapping.category_names, default=1) < 1:
+        raise ValueError("label PNGs keep 0 for background: category ids must be >= 1")
+    dtype = np.uint8 if max(mapping.category_names, default=0) <= 255 else np.uint16
+    for image_id, path in paths.items():
+        labels = mapping.categories_of(predictions[image_id]).astype(dtype)
+        buffer = io.BytesIO()
+        Image.fromarray(labels).save(buffer, format="PNG")
+        write_bytes(path, buffer.getvalue())
+
+
+def read_label_png(out_dir: Path, file_name: str) -> np.ndarray:
+    """The label PNG of the image `file_name` under `out_dir` as an (H, W) int64 array."""
+    path = label_png_path(out_dir, file_name)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: label PNG not found; predict the images again")
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.int64)
