@@ -89,6 +89,7 @@ def test_finetune_trains_on_the_coded_train_split_and_scores_its_val(project):
     coded = paths.coded("jpeg-q25")
     train = json.loads(paths.prepared_split("sample", "train").read_text())["images"]
     assert len(list((coded / "images" / "train").iterdir())) == len(train)  # encode.train_split
+    assert not (paths.coded("jpeg-q10") / "images" / "train").exists()  # not fine-tuned on
     assert not list(coded.rglob("*.cache"))  # ultralytics wrote nothing into the dataset
 
 
@@ -135,3 +136,40 @@ def test_a_corrupted_coded_image_is_named(project, monkeypatch):
         assert image.name in result.output and "cannot be decoded" in result.output
     finally:
         image.write_bytes(saved)
+
+
+def test_a_torchvision_rcnn_with_random_weights_infers_on_a_coded_split(project, monkeypatch):
+    """Shape and format of the predictions (random weights: no accuracy to speak of)."""
+    import torch
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    monkeypatch.chdir(project)
+    torch.manual_seed(0)
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=4)
+    torch.save(model.state_dict(), project / "rcnn.pth")
+    saved = (project / "params.yaml").read_text()
+    rcnn = {
+        "kind": "detection",
+        "backend": "torchvision",
+        "weights": "rcnn.pth",
+        "input_size": 128,
+        "classes": {1: 1, 2: 2, 3: 3},
+        "options": {"arch": "fasterrcnn_mobilenet_v3_large_fpn", "num_classes": 4},
+    }
+    try:
+        edit_params(lambda p: p["tasks"].update(rcnn=rcnn))
+        invoke("infer", "jpeg-q25", "rcnn")
+    finally:
+        (project / "params.yaml").write_text(saved)
+    out = Paths(project).predictions("jpeg-q25", "rcnn")
+    results = json.loads((out / "predictions.json").read_text())
+    coded = json.loads((project / "data/coded/jpeg-q25/annotations/val.json").read_text())
+    sizes = {image["id"]: (image["width"], image["height"]) for image in coded["images"]}
+    for result in results:
+        x, y, w, h = result["bbox"]
+        width, height = sizes[result["image_id"]]
+        assert result["category_id"] in {1, 2, 3} and 0 <= result["score"] <= 1
+        assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= width + 0.01
+        assert y + h <= height + 0.01
+    accuracy = json.loads((out / "accuracy.json").read_text())
+    assert set(accuracy) == {"source", "task", "bbox"} and accuracy["bbox"]["images"] == len(sizes)

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from icmflow.evaluation.accuracy import HEADLINES
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
 from icmflow.pipeline.params import Params, is_learned
 from icmflow.pipeline.params.tasks import ORIGINAL
@@ -216,6 +217,8 @@ class _Builder:
         for name, entry in p.codecs.items():
             own_input = [str(paths.checkpoint(name))] if is_learned(entry) else []
             own_keys = [f"codecs.{name}.family"] if is_learned(entry) else self.entry_keys(name)
+            if name in p.finetuned_codecs:  # codes the training split too
+                own_keys += self.keys("encode.train_split")
             encode_items[name] = ([encoded, *own_input], own_keys)
         object_masks = str(paths.masks("object", p.encode.dataset))
         return {
@@ -350,6 +353,17 @@ class _Builder:
         ):
             plots.append(
                 {title: {"x": "bpp", "y": {str(report / f"rd_{s}.csv"): quality for s in series}}}
+            )
+        for task, entry in self.params.tasks.items():
+            metric = HEADLINES[entry.kind][0]
+            plots.append(str(report / f"accuracy_{task}_{metric}.png"))
+            plots.append(
+                {
+                    f"{task}: {metric} against bpp": {
+                        "x": "bpp",
+                        "y": {str(report / f"accuracy_{task}.csv"): metric},
+                    }
+                }
             )
         return plots
 

@@ -34,7 +34,9 @@ def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
 
 def run(params: Params, paths: Paths, name: str) -> None:
     options = params.encode
-    names = [options.split] + ([options.train_split] if options.train_split else [])
+    names = [options.split]
+    if options.train_split and name in params.finetuned_codecs:
+        names.append(options.train_split)
     splits = {
         split: PreparedDataset.load(paths.prepared_split(options.dataset, split)) for split in names
     }
@@ -44,7 +46,8 @@ def run(params: Params, paths: Paths, name: str) -> None:
     if not work.resume():
         work.seal()
     out = work.path / "out"
-    tasks = sum(-(-len(d.images) // options.images_per_task) for d in splits.values())
+    # splits are coded one after the other: the parallel work is the largest split's tasks
+    tasks = max(-(-len(d.images) // options.images_per_task) for d in splits.values())
     with dask_client(options.scheduler, n_workers=options.n_workers, tasks=tasks) as client:
         summaries = encode_dataset(
             spec, splits, out, client=client, images_per_task=options.images_per_task

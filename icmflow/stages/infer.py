@@ -7,6 +7,7 @@ a codec entry (its coded `encode.split`). Writes the predictions and `accuracy.j
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from icmflow.coding.coded_dataset import coded_split
 from icmflow.core.files import atomic_directory, write_json
@@ -31,19 +32,39 @@ def source_dataset(params: Params, paths: Paths, source: str) -> PreparedDataset
 
 
 def run(params: Params, paths: Paths, source: str, task: str) -> None:
+    score_model(
+        params,
+        paths,
+        source,
+        task,
+        base_weights(params, paths, task),
+        paths.predictions(source, task),
+        f"infer@{source}-{task}",
+        {"encode": params.encode.model_dump()},
+    )
+
+
+def score_model(
+    params: Params,
+    paths: Paths,
+    source: str,
+    task: str,
+    weights: Path,
+    out_dir: Path,
+    stage: str,
+    recorded: dict,
+) -> None:
+    """Task `task`'s model in `weights` on `source`'s images: predictions, `accuracy.json` and
+    the provenance of `stage` (the task entry and `recorded` params) written to `out_dir`."""
     entry = params.task(task)
     dataset = source_dataset(params, paths, source)
-    model, mapping = load_task_model(params, task, base_weights(params, paths, task), dataset)
+    model, mapping = load_task_model(params, task, weights, dataset)
     log.info("%s: %s", task, mapping.description)
     predictions = predict_dataset(model, dataset)
-    with atomic_directory(paths.predictions(source, task)) as out:
+    with atomic_directory(out_dir) as out:
         accuracy = score_predictions(entry.kind, dataset, predictions, mapping, out)
         write_json(out / "accuracy.json", {"source": source, "task": task, **accuracy})
-        write_provenance(
-            out,
-            f"infer@{source}-{task}",
-            {"tasks": {task: entry.model_dump()}, "encode": params.encode.model_dump()},
-        )
+        write_provenance(out, stage, {"tasks": {task: entry.model_dump()}, **recorded})
     log.info("%s on %s: %s", task, source, _headline(accuracy))
 
 

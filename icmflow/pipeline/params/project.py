@@ -81,6 +81,11 @@ class Params(Section):
             for codec in task.finetune.codecs
         ]
 
+    @property
+    def finetuned_codecs(self) -> list[str]:
+        """Codecs some task is fine-tuned on: their encode@ codes `encode.train_split` too."""
+        return list(dict.fromkeys(codec for codec, _ in self.finetuned()))
+
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
             raise ParamsError(

@@ -102,7 +102,7 @@ class EncodeParams(Section):
     dataset: str = "sample"
     split: str = Field("val", description="the split every codec is evaluated on")
     train_split: str | None = Field(
-        None, description="coded too, for fine-tuning task models on (tasks.<name>.finetune)"
+        None, description="coded too by the codecs task models are fine-tuned on (tasks.*.finetune)"
     )
     device: str = "cpu"
     scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")

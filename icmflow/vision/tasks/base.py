@@ -62,17 +62,12 @@ class TaskModel(ABC):
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A dataset to train on, in the layouts backends read.
-
-    `coco`: a prepared COCO JSON (icmflow's schema: `PreparedDataset`) of the training split;
-    `val_coco` likewise for validation during training (may be None); `yolo_yaml`: an ultralytics
-    data YAML over the same images when the dataset has that layout (backends that need it and
-    get None write their own from `coco`).
-    """
+    """A dataset to train on: `coco`, a prepared COCO JSON (icmflow's schema:
+    `PreparedDataset`) of the training split; `val_coco` likewise for validation during
+    training (may be None). Backends write the layout their library reads from them."""
 
     coco: Path
     val_coco: Path | None = None
-    yolo_yaml: Path | None = None
 
 
 @dataclass(frozen=True)

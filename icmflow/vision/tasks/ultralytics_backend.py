@@ -9,7 +9,7 @@ copied, and ultralytics' label caches land there, not in the dataset. Class inde
 category's position among the sorted category ids (`yolo_classes`: for a YOLO dataset, its own
 index). Ultralytics drops label files that mix box and polygon rows as corrupt, so detection
 labels are all boxes and segmentation labels all polygons (RLE regions traced, several parts
-joined as ultralytics' COCO converter joins them); `data.yolo_yaml` is therefore not read. With
+joined as ultralytics' COCO converter joins them). With
 `lr`, the optimiser is SGD (ultralytics' `optimizer=auto` ignores `lr0`).
 """
 
