@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +12,13 @@ import yaml
 from icmflow.codecs.architectures import create_model
 from icmflow.coding.bitstream import Bitstream, pack, unpack
 from icmflow.coding.classical import CLASSICAL
-from icmflow.coding.coded_dataset import coded_split, encode_dataset
+from icmflow.coding.coded_dataset import add_cityscapes_layout, coded_split, encode_dataset
 from icmflow.coding.learned import LearnedCodec
 from icmflow.core.errors import BitstreamError, ProblemLog, UnknownNameError
 from icmflow.datasets.coco import normalise
 from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.images import read_rgb
-from icmflow.datasets.prepared import PreparedDataset
+from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.runtime.cluster import dask_client
 from tests.helpers.builders import save_codec
 from tests.helpers.codecs import learned_spec, textured_image, tiny_codec
@@ -134,7 +135,7 @@ def test_a_coded_dataset_is_also_an_ultralytics_dataset(sample_prepared, tmp_pat
     encode_dataset(CLASSICAL["jpeg"](family="jpeg", quality=30), {"val": val}, tmp_path)
     config = yaml.safe_load((tmp_path / "data.yaml").read_text())
     names = {0: "disc", 1: "star", 2: "box"}
-    assert config == {"path": ".", "train": "images/val", "val": "images/val", "names": names}
+    assert config == {"train": "images/val", "val": "images/val", "names": names}
     raw = FORMATS["yolo"].read(
         tmp_path / "labels" / "val",
         tmp_path / "images" / "val",
@@ -169,6 +170,41 @@ def test_a_coded_dataset_is_also_an_ultralytics_dataset(sample_prepared, tmp_pat
     assert [(n, c) for n, c, _ in ours] == [(n, c) for n, c, _ in theirs] and ours
     for (_, _, box), (_, _, expected) in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(box, expected, atol=2e-3)
+
+
+def test_a_coded_cityscapes_dataset_is_also_a_cityscapes_dataset(sample_layouts, tmp_path):
+    """Read back through icmflow's Cityscapes reader: the source's objects on the coded pixels."""
+    source = sample_layouts / "cityscapes"
+
+    def read(root: Path) -> dict:
+        images = root / "leftImg8bit" / "val"
+        raw = FORMATS["cityscapes"].read(
+            root / "gtFine" / "val", images, ProblemLog("raise"), ignored_regions="crowd"
+        )
+        return normalise(raw, images, ProblemLog("raise"), workers=1)
+
+    original = read(source)
+    write_prepared(
+        tmp_path / "val.json",
+        original,
+        image_root=source / "leftImg8bit" / "val",
+        final_dir=tmp_path,
+    )
+    coded = tmp_path / "coded"
+    encode_dataset(
+        CLASSICAL["jpeg"](family="jpeg", quality=30),
+        {"val": PreparedDataset.load(tmp_path / "val.json")},
+        coded,
+    )
+    add_cityscapes_layout(coded, "val", source / "gtFine" / "val")
+    again = read(coded / "cityscapes")
+    assert [i["file_name"] for i in again["images"]] == [i["file_name"] for i in original["images"]]
+    assert again["annotations"] == original["annotations"] and again["annotations"]
+    for image in again["images"]:
+        np.testing.assert_array_equal(
+            read_rgb(coded / "cityscapes" / "leftImg8bit" / "val" / image["file_name"]),
+            read_rgb(coded / "images" / "val" / image["file_name"]),
+        )
 
 
 def test_encoding_on_a_dask_cluster_resumes_and_matches(codec, sample_prepared, tmp_path):

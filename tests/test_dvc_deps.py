@@ -37,7 +37,7 @@ def test_committed_dvc_yaml_is_generated_from_params_and_current():
 
 def test_every_stage_depends_on_every_file_of_icmflow_it_imports():
     stages = resolved_stages(REPO)
-    assert {"train@hyperprior-mse-1", "encode@jpeg-q10", "evaluate@jpeg-q10"} <= set(stages)
+    assert {"train@meanscale-mse-1", "encode@jpeg-q10", "evaluate@jpeg-q10"} <= set(stages)
     assert missing_code(stages, REPO) == {}
 
 

@@ -34,6 +34,7 @@ def project(tmp_path_factory):
         params["masks"].update(images_per_shard=2, n_workers=1)
         params["train"].update(steps=2, batch_size=2, patch_size=64)
         params["codecs"] = {**LEARNED, **CLASSICAL}
+        params["tasks"] = {}  # tests/test_task_stages.py runs them
         params["report"]["anchors"] = ["jpeg", "bmshj2018-hyperprior-mse"]
 
     edit_params(root, tiny)

@@ -63,6 +63,7 @@ def project(tmp_path, monkeypatch, sample_root, vit_b_checkpoint):
         patch_size=64,
     )
     params["codecs"] = {"mse-1": learned_entry("mse"), "edge-1": learned_entry("edge")}
+    params["tasks"] = {}
     params["report"]["anchors"] = ["bmshj2018-hyperprior-mse"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

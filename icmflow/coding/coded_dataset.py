@@ -12,6 +12,10 @@ reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next
   indices: the categories in id order, `yolo_classes`; `train` and `val` name the first split
   when no split has that name, as ultralytics needs both);
 - `bpp/<split>.csv`: per image, bitstream bytes, pixels and bpp;
+- for Cityscapes sources, `cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png` (links to
+  the decoded PNGs, named as the originals) and `cityscapes/gtFine/<split>/` (the source's
+  ground truth, copied: it is not coded), the layout Cityscapes tools read
+  (`add_cityscapes_layout`);
 - `summary.json`: per split, bpp = total bits / total pixels (not a mean of per-image bpp).
 
 Images are encoded in tasks of a few images on a dask cluster (or in this process), each worker
@@ -22,6 +26,8 @@ PNG already exist are not encoded again, so an interrupted run resumes where it 
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from pathlib import Path
 
 from distributed import Client, as_completed
@@ -141,6 +147,22 @@ def _write_index(dataset: PreparedDataset, out: Path, split: str, suffix: str) -
     write_json(coded_split(out, split), coded, indent=None)
     write_yolo_labels(out, split, coded)
     return summary
+
+
+def add_cityscapes_layout(out: Path, split: str, ground_truth: Path) -> None:
+    """`out/cityscapes/`: the decoded images of `split` under their Cityscapes names (hard
+    links, copies where links are refused) and the source's `gtFine/<split>` folder."""
+    decoded, layout = out / "images" / split, out / "cityscapes"
+    for image in sorted(decoded.rglob("*.png")):
+        link = layout / "leftImg8bit" / split / image.relative_to(decoded)
+        if link.exists():
+            continue  # an interrupted run got here
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(image, link)
+        except OSError:
+            shutil.copyfile(image, link)
+    shutil.copytree(ground_truth, layout / "gtFine" / split, dirs_exist_ok=True)
 
 
 def read_bytes_per_image(coded_dir: Path, split: str) -> dict[int, int]:

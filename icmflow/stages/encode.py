@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from icmflow.coding.coded_dataset import encode_dataset
+from icmflow.coding.coded_dataset import add_cityscapes_layout, encode_dataset
 from icmflow.coding.image_codec import CodecSpec
 from icmflow.core.errors import MissingInputError
 from icmflow.core.files import replace
@@ -52,6 +52,10 @@ def run(params: Params, paths: Paths, name: str) -> None:
         summaries = encode_dataset(
             spec, splits, out, client=client, images_per_task=options.images_per_task
         )
+    source = params.dataset(options.dataset)
+    if source.format == "cityscapes":  # also in the layout Cityscapes tools read
+        for split in splits:
+            add_cityscapes_layout(out, split, source.split_paths(split)[0])
     write_provenance(
         out,
         f"encode@{name}",

@@ -201,6 +201,7 @@ def yolo_names(categories: list[dict]) -> dict[int, str]:
 
 
 def write_dataset_yaml(path: Path, names: dict[int, str], splits: dict[str, str]) -> None:
-    """An ultralytics dataset YAML: `path`, one entry per split, `names`."""
-    config = {"path": ".", **splits, "names": names}
+    """An ultralytics dataset YAML: one folder per split (relative to the YAML: without `path`,
+    ultralytics resolves them there; `path: .` would mean the working directory), `names`."""
+    config = {**splits, "names": names}
     write_text(path, yaml.safe_dump(config, sort_keys=False))
