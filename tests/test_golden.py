@@ -74,4 +74,7 @@ def test_rd_numbers_of_a_tiny_fixed_run(sample_prepared, sample_masks, tmp_path,
     found |= rd_row(tmp_path / "learned", val, masks, "hyperprior-object")
     encode_dataset(CLASSICAL["jpeg"](family="jpeg", quality=50), {"val": val}, tmp_path / "jpeg")
     found |= rd_row(tmp_path / "jpeg", val, masks, "jpeg-q50")
-    check_golden("rd_tiny", found, rel=1e-6)
+    # 20 float training steps: other CPUs' kernels moved bpp by 0.3 % (0.27923 -> 0.28004 on the
+    # same code), so 1 %: a change in coding or metrics moves these by far more; the bitstream
+    # md5s above are the exact check
+    check_golden("rd_tiny", found, rel=1e-2)

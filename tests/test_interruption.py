@@ -69,6 +69,7 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     splits = {s: {"annotations": f"{s}.json", "images": s} for s in SPLITS}
     params["datasets"] = {"big": {"format": "coco", "root": "source", "splits": splits}}
+    params["tasks"] = {}
     params["train"]["dataset"] = params["encode"]["dataset"] = "big"
     params["masks"].update(n_workers=1, images_per_shard=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
