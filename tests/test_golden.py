@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from icmflow.evaluation.evaluate import evaluate_coded
 from icmflow.masks.store import MaskStore
 from tests.helpers.builders import save_codec, tiny_training
 from tests.helpers.codecs import learned_spec, textured_image, tiny_codec
-from tests.helpers.golden import check_golden
+from tests.helpers.golden import EXPECTED, golden_mismatch
 
 
 def md5(data: bytes) -> str:
@@ -47,7 +48,12 @@ def test_bitstreams(one_thread):
             md5(coded.data),
             md5(coded.decoded.tobytes()),
         )
-    check_golden("bitstreams", found)
+    assert all(
+        found[f"{family} bitstream"] != found["jpeg bitstream"]
+        for family in CLASSICAL
+        if family != "jpeg"
+    )  # every family coded, and differently
+    assert not (mismatch := golden_mismatch("bitstreams", found)), mismatch
 
 
 def rd_row(coded_dir, source: PreparedDataset, masks: MaskStore, prefix: str) -> dict:
@@ -77,4 +83,17 @@ def test_rd_numbers_of_a_tiny_fixed_run(sample_prepared, sample_masks, tmp_path,
     # 20 float training steps: other CPUs' kernels moved bpp by 0.3 % (0.27923 -> 0.28004 on the
     # same code), so 1 %: a change in coding or metrics moves these by far more; the bitstream
     # md5s above are the exact check
-    check_golden("rd_tiny", found, rel=1e-2)
+    assert found["hyperprior-object bpp"] > 0 and found["jpeg-q50 bpp"] > 0
+    assert not (mismatch := golden_mismatch("rd_tiny", found, rel=1e-2)), mismatch
+
+
+def test_a_change_in_a_golden_number_is_caught():
+    """The comparison itself: a moved number, a changed md5 and a new key are each reported."""
+    golden = json.loads((EXPECTED / "rd_tiny.json").read_text())
+    assert golden_mismatch("rd_tiny", dict(golden), rel=1e-2) == ""
+    moved = {**golden, "jpeg-q50 psnr": golden["jpeg-q50 psnr"] * 1.02}
+    assert "jpeg-q50 psnr" in golden_mismatch("rd_tiny", moved, rel=1e-2)
+    assert "new keys: ['extra']" in golden_mismatch("rd_tiny", {**golden, "extra": 1}, rel=1e-2)
+    stream = json.loads((EXPECTED / "bitstreams.json").read_text())
+    changed = {**stream, "jpeg bitstream": "0" * 32}
+    assert "jpeg bitstream" in golden_mismatch("bitstreams", changed)

@@ -1,6 +1,6 @@
 """Golden files (as CompressAI's `tests/expected/`): results a change in coding or metrics must
-not move silently. `ICMFLOW_REGENERATE_GOLDEN=1 pytest tests/test_golden.py` rewrites them;
-review the diff before committing it."""
+not move silently. `ICMFLOW_REGENERATE_GOLDEN=1 pytest tests/test_golden.py tests/test_tcm.py`
+rewrites them; review the diff before committing it."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def _same(actual, expected, rel: float) -> bool:
     return actual == expected
 
 
-def check_golden(name: str, actual: dict, *, rel: float = 1e-9) -> None:
-    """Compare `actual` (a flat dict of strings and numbers) with `tests/expected/<name>.json`."""
+def golden_mismatch(name: str, actual: dict, *, rel: float = 1e-9) -> str:
+    """How `actual` (a flat dict of strings and numbers) differs from `tests/expected/<name>.json`:
+    "" when it matches. With ICMFLOW_REGENERATE_GOLDEN=1 it rewrites the file and skips."""
     path = EXPECTED / f"{name}.json"
     if REGENERATE:
         EXPECTED.mkdir(exist_ok=True)
@@ -40,7 +41,9 @@ def check_golden(name: str, actual: dict, *, rel: float = 1e-9) -> None:
         if key not in actual or not _same(actual[key], value, rel)
     }
     extra = sorted(set(actual) - set(expected))
-    assert not differ and not extra, (
+    if not differ and not extra:
+        return ""
+    return (
         f"{path} differs (key: (now, golden)): {differ}; new keys: {extra}. If the change is "
         "intended, regenerate with ICMFLOW_REGENERATE_GOLDEN=1 and review the diff"
     )
