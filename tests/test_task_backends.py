@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision.models._api
 
-from icmflow.core.errors import CheckpointError, InputError
+from icmflow.core.errors import CheckpointError, IcmflowError, InputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.vision.tasks.base import (
@@ -289,3 +289,11 @@ def test_torchvision_training_checks_the_classes(sample_prepared, tmp_path):
     data = TrainingData(coco=sample_prepared["train"].path)
     with pytest.raises(InputError, match=r"model class 3 is outside 1\.\.2"):
         TORCHVISION.train(spec, data, TrainSettings(epochs=1, batch_size=2), tmp_path)
+
+
+def test_torchvision_training_refuses_trainer_options(sample_prepared, tmp_path):
+    spec = tv_spec("fasterrcnn_mobilenet_v3_large_fpn", num_classes=4)
+    data = TrainingData(coco=sample_prepared["train"].path)
+    settings = TrainSettings(epochs=1, batch_size=2, options={"nbs": 8})
+    with pytest.raises(IcmflowError, match=r"training options \['nbs'\].*takes none"):
+        TORCHVISION.train(spec, data, settings, tmp_path)

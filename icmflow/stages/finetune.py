@@ -23,6 +23,7 @@ def run(params: Params, paths: Paths, codec: str, task: str) -> None:
         epochs=finetune.epochs,
         batch_size=finetune.batch_size,
         lr=finetune.lr,
+        options=finetune.options,
         initial=base_weights(params, paths, task),
     )
     work = paths.work("finetune", f"{codec}-{task}")

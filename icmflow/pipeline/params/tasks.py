@@ -40,6 +40,9 @@ class TaskFinetune(Section):
     epochs: int = Field(gt=0)
     batch_size: int = Field(8, gt=0)
     lr: float | None = Field(None, gt=0, description="null: the backend's default")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the backend trainer's own arguments"
+    )
 
 
 class TaskEntry(Section):

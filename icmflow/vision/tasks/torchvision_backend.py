@@ -272,6 +272,11 @@ class TorchvisionBackend(TaskBackend):
     def train(
         self, spec: TaskModelSpec, data: TrainingData, settings: TrainSettings, out: Path
     ) -> Path:
+        if settings.options:
+            raise IcmflowError(
+                f"training options {sorted(settings.options)}: the torchvision loop takes none "
+                "(epochs, batch_size, lr and seed only); remove them from params.yaml"
+            )
         semantic = spec.kind == "semantic_segmentation"
         if semantic and settings.batch_size < 2:
             raise IcmflowError("batch_size: DeepLabV3 trains on 2 or more images a batch")
