@@ -4,16 +4,39 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# requirements.lock pins every package (`make lock` writes it from pyproject.toml); uv installs
+# it, bootstrapped into the venv with pip. uv also reads the indexes pip is configured with
+# (a local mirror or proxy), trying them before PyPI.
+LOCK := requirements.lock
+UV_VERSION := 0.13.8
+UV := $(BIN)/python -m uv
+PIP_INDEXES := $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
+ifneq ($(PIP_INDEXES),)
+export UV_EXTRA_INDEX_URL ?= $(PIP_INDEXES)
+endif
+ifneq ($(PIP_FIND_LINKS),)
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+endif
+export UV_INDEX_STRATEGY ?= unsafe-best-match
 
-.PHONY: install repro demo test lint bench clean
+.PHONY: install lock repro demo test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) pip install --python $(BIN)/python -r $(LOCK)
+	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
+
+# After changing dependencies in pyproject.toml: pin them all again (Linux x86_64, Python 3.11,
+# the torch/torchvision pair of constraints.txt).
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) pip compile pyproject.toml --extra dev --constraints constraints.txt \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(LOCK)
 
 # After editing params.yaml: dvc.yaml follows it, then DVC reruns what changed.
 repro: install

@@ -19,13 +19,18 @@ reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next
 - `summary.json`: per split, bpp = total bits / total pixels (not a mean of per-image bpp).
 
 Images are encoded in tasks of a few images on a dask cluster (or in this process), each worker
-building the codec once. Every file is written through a rename, and images whose bitstream and
-PNG already exist are not encoded again, so an interrupted run resumes where it stopped.
+building the codec once. Every file is written through a rename (at an fsspec URL: as one object
+in one request), and images whose bitstream and PNG already exist are not encoded again, so an
+interrupted run resumes where it stopped. `_BUILDING` holds the fingerprint of the build in
+progress (a folder holding another build's marker is emptied first); `_COMPLETE`, written last,
+makes the dataset readable (`coded_split`, `read_bytes_per_image` refuse one without it), which
+is what keeps a dataset written in place on an object store atomic.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 from pathlib import Path
@@ -34,21 +39,35 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from icmflow.coding.image_codec import CodecSpec
-from icmflow.core.files import write_bytes, write_csv, write_json
+from icmflow.core.completion import COMPLETE, completed, mark_complete, require_complete
+from icmflow.core.files import remove, write_bytes, write_csv, write_json, write_text
+from icmflow.core.resume import fingerprint
+from icmflow.core.storage import location
 from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo_labels, yolo_names
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
 
 BPP_FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp")
+BUILDING = "_BUILDING"
+"""The marker of a build in progress: its fingerprint."""
 
 
 def _stem(file_name: str) -> str:
     return str(Path(file_name).with_suffix(""))
 
 
-def coded_split(coded_dir: Path, split: str) -> Path:
-    """The COCO JSON of one split of a coded dataset (a `PreparedDataset`)."""
-    return coded_dir / "annotations" / f"{split}.json"
+def _annotations(coded_dir: Path, split: str) -> Path:
+    return location(coded_dir) / "annotations" / f"{split}.json"
+
+
+def _require_complete(coded_dir: Path | str) -> None:
+    require_complete(coded_dir, "coded dataset", "run (or rerun) its `icmflow encode` first")
+
+
+def coded_split(coded_dir: Path | str, split: str) -> Path:
+    """The COCO JSON of one split of a complete coded dataset (a `PreparedDataset`)."""
+    _require_complete(coded_dir)
+    return _annotations(coded_dir, split)
 
 
 def _encode_images(spec: CodecSpec, out: str, split: str, images: list[tuple[str, str]]) -> int:
@@ -56,8 +75,8 @@ def _encode_images(spec: CodecSpec, out: str, split: str, images: list[tuple[str
     codec = spec.build()
     for source, stem in images:
         bitstream, decoded = (
-            Path(out, "bitstreams", split, f"{stem}{spec.suffix}"),
-            Path(out, "images", split, f"{stem}.png"),
+            location(out) / "bitstreams" / split / f"{stem}{spec.suffix}",
+            location(out) / "images" / split / f"{stem}.png",
         )
         if bitstream.is_file() and decoded.is_file():
             continue  # done by an earlier, interrupted run
@@ -67,16 +86,30 @@ def _encode_images(spec: CodecSpec, out: str, split: str, images: list[tuple[str
     return len(images)
 
 
+def _begin(out: Path, digest: str) -> None:
+    """Make `out` the place of build `digest`: keep its own earlier work, empty another's."""
+    building = out / BUILDING
+    earlier = building.read_text() if building.exists() else completed(out)
+    if earlier not in (None, digest):
+        remove(out)
+    write_text(building, digest)
+    remove(out / COMPLETE)  # readable again only once this build has finished
+
+
 def encode_dataset(
     spec: CodecSpec,
     splits: dict[str, PreparedDataset],
-    out: Path,
+    out: Path | str,
     *,
     client: Client | None = None,
     images_per_task: int = 8,
 ) -> dict[str, dict]:
-    """Encode and decode every image of each split into the folder `out`, with the splits'
-    annotations (COCO, YOLO labels, `data.yaml`); returns each split's summary."""
+    """Encode and decode every image of each split into the folder `out` (a path or an fsspec
+    URL), with the splits' annotations (COCO, YOLO labels, `data.yaml`); returns each split's
+    summary."""
+    out = location(out)
+    digest = fingerprint(spec, {split: (str(d.path), d.data) for split, d in splits.items()})
+    _begin(out, digest)
     summaries = {
         split: _encode_split(spec, dataset, out, split, client, images_per_task)
         for split, dataset in splits.items()
@@ -87,6 +120,8 @@ def encode_dataset(
     first = next(iter(paths.values()))  # ultralytics needs `train` and `val` in every YAML
     paths = {"train": first, "val": first, **paths}
     write_dataset_yaml(out / "data.yaml", yolo_names(categories), paths)
+    mark_complete(out, digest)
+    remove(out / BUILDING)
     return summaries
 
 
@@ -144,7 +179,7 @@ def _write_index(dataset: PreparedDataset, out: Path, split: str, suffix: str) -
         "images": images,
         "icmflow": {"image_root": f"../images/{split}", "source": str(dataset.path)},
     }
-    write_json(coded_split(out, split), coded, indent=None)
+    write_json(_annotations(out, split), coded, indent=None)
     write_yolo_labels(out, split, coded)
     return summary
 
@@ -165,7 +200,9 @@ def add_cityscapes_layout(out: Path, split: str, ground_truth: Path) -> None:
     shutil.copytree(ground_truth, layout / "gtFine" / split, dirs_exist_ok=True)
 
 
-def read_bytes_per_image(coded_dir: Path, split: str) -> dict[int, int]:
-    """Bitstream bytes of each image id of one split, from its bpp table."""
-    with (coded_dir / "bpp" / f"{split}.csv").open(newline="") as handle:
-        return {int(row["image_id"]): int(row["bytes"]) for row in csv.DictReader(handle)}
+def read_bytes_per_image(coded_dir: Path | str, split: str) -> dict[int, int]:
+    """Bitstream bytes of each image id of one split of a complete coded dataset."""
+    _require_complete(coded_dir)
+    table = (location(coded_dir) / "bpp" / f"{split}.csv").read_text()
+    rows = csv.DictReader(io.StringIO(table, newline=""))
+    return {int(row["image_id"]): int(row["bytes"]) for row in rows}

@@ -68,36 +68,60 @@ class LearnedCodec:
         shape = tuple(int(d) for d in output["shape"])
         stream = Bitstream(height, width, shape, strings_of_one_image(output), recorder.value, 0)
         decoded, decoder_indexes = self._decode(stream)
-        if decoder_indexes != recorder.value:
-            raise BitstreamError(
-                f"{self.name}: decoding in the encoding process computed other entropy "
-                "parameters than encoding did; this model or device does not code "
-                "reproducibly (is it nondeterministic on this device?)"
-            )
+        check_encoder_decode(self.name, decoder_indexes, recorder.value)
         return Coded(pack(replace(stream, pixel_check=pixel_check(decoded))), decoded)
 
     def decode(self, data: bytes, *, source: str = "bitstream", strict: bool = True) -> np.ndarray:
         """Decode and verify; `strict=False` accepts pixels that differ by rounding only."""
-        try:
-            stream = unpack(data)
-        except BitstreamError as err:
-            raise BitstreamError(f"{source}: {err}") from None
+        stream = read_bitstream(data, source)
         decoded, indexes = self._decode(stream)
-        if indexes != stream.index_check:
-            raise BitstreamError(
-                f"{source}: the entropy decoder's scale indexes differ from the encoder's "
-                f"(check {indexes:08x}, bitstream says {stream.index_check:08x}): it was coded "
-                f"by another checkpoint than {self.name}, or this machine computes the entropy "
-                "parameters differently (decode where you encoded); the image would be garbage"
-            )
-        if strict and pixel_check(decoded) != stream.pixel_check:
-            raise BitstreamError(
-                f"{source}: decoded pixels differ from the encoder's although the entropy "
-                "parameters agree: the bitstream's data is damaged, or this device computes "
-                "the synthesis transform differently from the encoder's (decode where you "
-                "encoded, or with strict=False to accept rounding differences)"
-            )
+        check_decoded(stream, decoded, indexes, source=source, name=self.name, strict=strict)
         return decoded
+
+
+def read_bitstream(data: bytes, source: str) -> Bitstream:
+    """`unpack(data)`, its errors naming `source`."""
+    try:
+        return unpack(data)
+    except BitstreamError as err:
+        raise BitstreamError(f"{source}: {err}") from None
+
+
+def check_encoder_decode(name: str, decoded_indexes: int, encoded_indexes: int) -> None:
+    """The encoder's own decode must compute the entropy parameters its encoding used."""
+    if decoded_indexes != encoded_indexes:
+        raise BitstreamError(
+            f"{name}: decoding in the encoding process computed other entropy "
+            "parameters than encoding did; this model or device does not code "
+            "reproducibly (is it nondeterministic on this device?)"
+        )
+
+
+def check_decoded(
+    stream: Bitstream,
+    decoded: np.ndarray,
+    indexes: int,
+    *,
+    source: str,
+    name: str,
+    strict: bool = True,
+) -> None:
+    """A decode of `stream` (its pixels, its scale-index check) reproduces the encoder's;
+    `strict=False` accepts pixels that differ by rounding only."""
+    if indexes != stream.index_check:
+        raise BitstreamError(
+            f"{source}: the entropy decoder's scale indexes differ from the encoder's "
+            f"(check {indexes:08x}, bitstream says {stream.index_check:08x}): it was coded "
+            f"by another checkpoint than {name}, or this machine computes the entropy "
+            "parameters differently (decode where you encoded); the image would be garbage"
+        )
+    if strict and pixel_check(decoded) != stream.pixel_check:
+        raise BitstreamError(
+            f"{source}: decoded pixels differ from the encoder's although the entropy "
+            "parameters agree: the bitstream's data is damaged, or this device computes "
+            "the synthesis transform differently from the encoder's (decode where you "
+            "encoded, or with strict=False to accept rounding differences)"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Atomic file and directory writes: a reader never sees a half-written output."""
+"""Atomic file and directory writes: a reader never sees a half-written output.
+
+`write_bytes` (and the writers built on it) and `remove` also take fsspec URLs
+(`icmflow.core.storage`): there each file is one object written in one request.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from icmflow.core.storage import is_url, location, remove_tree, write_object
+
 
 def remove(path: Path) -> None:
     """Remove a file or a directory tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
+    if is_url(path):
+        remove_tree(location(path))
+    elif path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
@@ -60,7 +68,10 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
+    """Write `data` to `path` through a temporary file and a rename (a URL: one object)."""
+    if is_url(path):
+        write_object(location(path), data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path)
     tmp.write_bytes(data)

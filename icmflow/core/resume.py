@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from icmflow.core.files import remove, write_text
+from icmflow.core.storage import is_url, location
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ def file_digest(path: Path) -> str:
 class WorkDir:
     """`path` holds work toward the result identified by `digest`."""
 
-    def __init__(self, path: Path, digest: str):
-        self.path, self.digest = Path(path), digest
+    def __init__(self, path: Path | str, digest: str):
+        self.path, self.digest = location(path), digest
         self._marker = self.path / "fingerprint"
 
     def resume(self) -> bool:
@@ -46,7 +47,8 @@ class WorkDir:
             log.info("resuming from %s", self.path)
             return True
         remove(self.path)
-        self.path.mkdir(parents=True)
+        if not is_url(self.path):  # object stores have no folders
+            self.path.mkdir(parents=True)
         return False
 
     def seal(self) -> None:

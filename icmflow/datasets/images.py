@@ -14,6 +14,8 @@ Colour: every mode becomes 8-bit RGB the same way for every stage (see `to_rgb8`
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from icmflow.core.files import write_bytes
+from icmflow.core.storage import is_url, location
 
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = frozenset({5, 6, 7, 8})
@@ -78,16 +81,30 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     return np.array(image, dtype=np.uint8)  # a writable copy
 
 
+@contextmanager
+def _open(path: Path | str) -> Iterator[Image.Image]:
+    """PIL's image of a local path, or of an fsspec URL read through fsspec."""
+    if not is_url(path):
+        with Image.open(path) as image:
+            yield image
+        return
+    with location(path).open("rb") as handle, Image.open(handle) as image:
+        yield image
+
+
 def read_rgb(path: Path | str) -> np.ndarray:
-    """Decode `path` completely (a truncated file raises `OSError`) to H×W×3 uint8 RGB."""
-    with Image.open(path) as image:
+    """Decode `path` completely (a truncated file raises `OSError`) to H×W×3 uint8 RGB.
+
+    `path` may be an fsspec URL (`s3://…`, `memory://…`, `file://…`) or its `UPath`.
+    """
+    with _open(path) as image:
         image.load()
         return to_rgb8(image)
 
 
 def read_header(path: Path | str) -> Header:
     """Stored size and EXIF orientation from the file header, without decoding the pixels."""
-    with Image.open(path) as image:
+    with _open(path) as image:
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         return Header(image.width, image.height, orientation if orientation in range(1, 9) else 1)
 

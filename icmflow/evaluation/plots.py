@@ -87,3 +87,43 @@ def plot_training_log(rows: Sequence[dict], path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def plot_scalable(
+    rows: Sequence[dict], scalable: Sequence[dict], quality: str, path: Path, title: str
+) -> None:
+    """The paper's Fig. 6: each scalable series' human images against the additional layer's
+    bpp (solid, squares) and against both layers' (dotted, same colour), beside every other
+    series (learned solid, classical dashed) at its own bpp."""
+    fig = Figure(figsize=(7, 5), dpi=120)
+    ax = fig.subplots()
+    for series in sorted({r["series"] for r in rows} - {r["series"] for r in scalable}):
+        points = sorted((r["bpp"], r[quality], r["family"]) for r in rows if r["series"] == series)
+        style = "-" if points[0][2] == "learned" else "--"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=series)
+    for series in sorted({r["series"] for r in scalable}):
+        points = sorted(
+            (r["additional_bpp"], r["bpp"], r[quality]) for r in scalable if r["series"] == series
+        )
+        (line,) = ax.plot(
+            [p[0] for p in points],
+            [p[2] for p in points],
+            "-",
+            marker="s",
+            label=f"{series} (additional bits)",
+        )
+        ax.plot(
+            [p[1] for p in points],
+            [p[2] for p in points],
+            ":",
+            marker="s",
+            color=line.get_color(),
+            label=f"{series} (machine + additional bits)",
+        )
+    ax.set_xlabel("bits per pixel (bitstream bytes × 8 / pixels)")
+    ax.set_ylabel(QUALITY[quality])
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)

@@ -75,3 +75,46 @@ def bd_rates(
                     }
                 )
     return results
+
+
+SCALABLE_COLUMNS = (
+    "codec",
+    "series",
+    "mode",
+    "m",
+    "setting",
+    "human_parameters",
+    "machine_bpp",
+    "additional_bpp",
+    "bpp",
+    "psnr",
+    "ms_ssim",
+)
+"""Scalable codecs' human images: bpp counts both layers, `additional_bpp` the human layer's."""
+
+
+def scalable_table(metrics: Sequence[dict]) -> list[dict]:
+    """One row per scalable codec, by series then additional bpp."""
+    rows = [{column: m[column] for column in SCALABLE_COLUMNS} for m in metrics]
+    return sorted(rows, key=lambda r: (r["series"], r["additional_bpp"]))
+
+
+def parameters_table(rows: Sequence[dict]) -> str:
+    """The paper's Table I analogue: the human layer's size for each series (mode and m)."""
+    sizes = {r["series"]: (r["mode"], r["m"], r["human_parameters"]) for r in rows}
+    table = [
+        {"series": s, "mode": mode, "m": "–" if m is None else m, "parameters (M)": n / 1e6}
+        for s, (mode, m, n) in sorted(sizes.items(), key=lambda i: (i[1][0], i[1][1] or 0))
+    ]
+    return markdown_table(table, ("series", "mode", "m", "parameters (M)"))
+
+
+def psnr_table(rows: Sequence[dict]) -> str:
+    """The paper's Table II analogue: PSNR of the human images per λ (rows) and series."""
+    series = sorted({r["series"] for r in rows})
+    by_lambda: dict[str, dict] = {}
+    for r in rows:
+        by_lambda.setdefault(r["setting"], {"λ": r["setting"]})[r["series"]] = r["psnr"]
+    ordered = sorted(by_lambda.items(), key=lambda item: float(item[0].split("=")[1]))
+    table = [{s: math.nan for s in series} | row for _, row in ordered]
+    return markdown_table(table, ("λ", *series))

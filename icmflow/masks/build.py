@@ -3,7 +3,9 @@
 Work happens in a `WorkDir`: `store.zarr` (the store being built) and `done/` (one marker per
 finished shard, written after its shard). A rerun with the same fingerprint skips finished shards;
 a different fingerprint starts over. The store reaches its final path only complete, by one
-rename.
+rename. At an fsspec URL (an object store shared by workers on several machines) there is no
+rename: the store is built in place at its final URL and reads as complete only once its last
+write, the `complete` flag, has landed; the work directory (a URL too) holds the shard markers.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from icmflow.core.errors import InputError
-from icmflow.core.files import remove, replace
+from icmflow.core.files import remove, replace, write_bytes
 from icmflow.core.resume import WorkDir, fingerprint
+from icmflow.core.storage import is_url, location
 from icmflow.datasets.coco import annotations_by_image, geometry_problem
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.rle import object_mask
@@ -36,11 +39,11 @@ that a shard holds 1/8 of its masks' pixels in memory), in image order. Must be 
 def _run_shard(store: str, done_dir: str, shard: int, make_masks: MaskMaker, payload: bytes) -> int:
     masks = make_masks(pickle.loads(payload))
     write_shard(store, shard, masks)
-    (Path(done_dir) / f"{shard:06d}").touch()
+    write_bytes(location(done_dir) / f"{shard:06d}", b"")
     return len(masks)
 
 
-def _is_complete_build(store: Path, digest: str) -> bool:
+def _is_complete_build(store: Path | str, digest: str) -> bool:
     try:
         attrs = store_attrs(store)
     except (FileNotFoundError, KeyError, ValueError):
@@ -49,9 +52,9 @@ def _is_complete_build(store: Path, digest: str) -> bool:
 
 
 def build_store(
-    out: Path,
+    out: Path | str,
     *,
-    work: Path,
+    work: Path | str,
     images: Sequence[dict],
     payloads: Sequence[Any],
     make_masks: MaskMaker,
@@ -65,22 +68,29 @@ def build_store(
     `images` are the store's images in order, each a dict with `id`, `height` and `width`.
 
     `attrs["fingerprint"]` must identify everything the masks depend on; a complete store with
-    the same fingerprint already at `out` is kept as it is.
+    the same fingerprint already at `out` is kept as it is. `out` and `work` may be fsspec URLs.
     """
     n_shards = -(-len(images) // images_per_shard)
     if len(payloads) != n_shards:
         raise ValueError(f"{len(payloads)} payloads for {n_shards} shards")
-    if out.exists():
-        if _is_complete_build(out, attrs["fingerprint"]):
-            return out
+    out, remote = location(out), is_url(out)
+    if remote != is_url(work):
+        raise ValueError(f"{out} and its work directory {work}: both local or both URLs")
+    if (remote or out.exists()) and _is_complete_build(out, attrs["fingerprint"]):
+        return out
+    if not remote:
         remove(out)
     workdir = WorkDir(work, attrs["fingerprint"])
-    store, done = work / "store.zarr", work / "done"
+    store, done = out if remote else workdir.path / "store.zarr", workdir.path / "done"
     if workdir.resume():
-        for leftover in store.rglob("*.partial"):  # a zarr write killed before its rename
-            leftover.unlink()
+        if not remote:
+            for leftover in store.rglob("*.partial"):  # a zarr write killed before its rename
+                leftover.unlink()
     else:
-        done.mkdir()
+        if remote:
+            remove(out)  # an earlier build's shards: not all are overwritten
+        else:
+            done.mkdir()
         create_store(
             store,
             image_ids=[image["id"] for image in images],
@@ -90,7 +100,8 @@ def build_store(
             attrs=attrs,
         )
         workdir.seal()
-    todo = [s for s in range(n_shards) if not (done / f"{s:06d}").exists()]
+    finished_shards = {path.name for path in done.iterdir()} if done.exists() else set()
+    todo = [s for s in range(n_shards) if f"{s:06d}" not in finished_shards]
     # Payloads travel pickled: dask would otherwise walk every list of every annotation looking
     # for futures, which took longer than building the masks (benchmarks/masks.py).
     tasks = [(str(store), str(done), s, make_masks, pickle.dumps(payloads[s])) for s in todo]
@@ -114,7 +125,8 @@ def build_store(
             workdir.discard()  # bad input: nothing to resume, the input must change first
             raise
     mark_complete(store)
-    replace(store, out)
+    if not remote:
+        replace(store, out)
     workdir.discard()
     return out
 

@@ -27,7 +27,9 @@ Why this layout:
   would (a test compares the bytes with zarr's own writer): zarr's per-chunk codec pipeline
   costs several times the compression itself for many small chunks.
 - A store is readable only once `complete` is true; builders set it as their last write, just
-  before moving the store into place.
+  before moving the store into place. A store may live at an fsspec URL (`s3://…`): zarr writes
+  through fsspec, every shard and `zarr.json` is one object written in one request, so without a
+  rename the `complete` flag in `zarr.json`, written last, is the completion marker.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from icmflow.core.errors import MissingInputError
+from icmflow.core.storage import is_url
 
 FORMAT = "icmflow-mask-store"
 VERSION = 2
@@ -60,6 +63,11 @@ _EMPTY = 2**64 - 1
 
 class IncompleteStoreError(MissingInputError):
     """The store exists but its builder never finished."""
+
+
+def _open(path: Path | str, mode: str) -> zarr.Group:
+    """The store's group; a URL goes to zarr as a string, which opens it through fsspec."""
+    return zarr.open_group(str(path) if is_url(path) else path, mode=mode, zarr_format=3)
 
 
 def _packed_rows(height: int) -> int:
@@ -79,7 +87,7 @@ def create_store(
     n = len(image_ids)
     rows = _packed_rows(max(max(heights, default=1), 1))
     width = max(max(widths, default=1), 1)
-    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group = _open(path, "w")
     group.attrs["icmflow"] = {
         "format": FORMAT,
         "version": VERSION,
@@ -143,7 +151,7 @@ def encode_shard(
 def write_shard(path: Path | str, shard: int, packed: Sequence[np.ndarray]) -> None:
     """Write shard number `shard` (images shard*S, shard*S+1, ...), its masks `pack`ed, with one
     store write."""
-    group = zarr.open_group(path, mode="r+")
+    group = _open(path, "r+")
     array = group["mask"]
     _, rows, width = array.shape
     data = encode_shard(packed, array.shards[0], rows, width)
@@ -153,12 +161,12 @@ def write_shard(path: Path | str, shard: int, packed: Sequence[np.ndarray]) -> N
 
 
 def mark_complete(path: Path | str) -> None:
-    group = zarr.open_group(path, mode="r+")
+    group = _open(path, "r+")
     group.attrs["icmflow"] = {**group.attrs["icmflow"], "complete": True}
 
 
 def store_attrs(path: Path | str) -> dict[str, Any]:
-    return dict(zarr.open_group(path, mode="r").attrs["icmflow"])
+    return dict(_open(path, "r").attrs["icmflow"])
 
 
 class MaskStore:
@@ -167,7 +175,7 @@ class MaskStore:
     def __init__(self, path: Path | str):
         self.path = path
         try:
-            group = zarr.open_group(path, mode="r")
+            group = _open(path, "r")
             self.attrs = dict(group.attrs["icmflow"])
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             raise MissingInputError(

@@ -147,8 +147,30 @@ Codec = Annotated[
 
 @app.command()
 def train(codec: Codec) -> None:
-    """Train one learned codec with its objective; save a CompressAI-style checkpoint."""
-    _run("train", codec)
+    """Train one learned codec with its objective; save a CompressAI-style checkpoint.
+
+    With `train.nproc` > 1 this command runs itself again under torchrun, on that many processes.
+    """
+
+    def action() -> None:
+        from icmflow.pipeline.params import load_params
+        from icmflow.runtime.distributed import launched, run_torchrun
+        from icmflow.stages import train as stage
+
+        params = load_params(_settings["params"])
+        nproc = params.training(codec).nproc
+        if nproc == 1 or launched():
+            stage.run(params, Paths(), codec)
+            return
+        verbose = ["--verbose"] if _settings["verbose"] else []
+        code = run_torchrun(nproc, ["--params", str(_settings["params"]), *verbose, "train", codec])
+        if code:
+            raise IcmflowError(
+                f"training on {nproc} processes failed (torchrun exit {code}): their messages "
+                "are above"
+            )
+
+    _guarded("train", action)
 
 
 @app.command()
@@ -161,6 +183,12 @@ def encode(codec: Codec) -> None:
 def evaluate(codec: Codec) -> None:
     """Measure bpp, PSNR, object-region PSNR and MS-SSIM of one coded dataset."""
     _run("evaluate", codec)
+
+
+@app.command()
+def bitmaps(first: Codec, second: Codec) -> None:
+    """Bit-allocation heat maps of two learned codecs and their difference (bit_maps.pairs)."""
+    _run("bitmaps", first, second)
 
 
 Task = Annotated[str, typer.Argument(help="A key of `tasks` in params.yaml.")]

@@ -29,7 +29,7 @@ import yaml
 
 from icmflow.evaluation.accuracy import HEADLINES
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
-from icmflow.pipeline.params import Params, is_learned
+from icmflow.pipeline.params import Params, is_scalable, is_trained
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
@@ -56,11 +56,19 @@ def stage_code(stage: str) -> frozenset[Path]:
     )
 
 
+def in_source_tree(root: Path) -> bool:
+    """Whether `root` holds the icmflow package or lies inside the source tree holding it."""
+    root = root.resolve()
+    return PACKAGE_DIR.is_relative_to(root) or root.is_relative_to(PACKAGE_DIR.parent)
+
+
 def code_deps(stage: str, root: Path) -> list[str]:
-    """`stage_code(stage)` relative to `root` (none when icmflow is installed outside it)."""
+    """`stage_code(stage)` relative to `root`, which holds the package or is inside the source
+    tree holding it (a second project such as `papers/`); none when icmflow is installed
+    elsewhere."""
     files = stage_code(stage)
     root = root.resolve()
-    if not PACKAGE_DIR.is_relative_to(root):
+    if not in_source_tree(root):
         return []
     return sorted(os.path.relpath(path, root) for path in files)
 
@@ -202,21 +210,38 @@ class _Builder:
 
     def training_inputs(self, name: str) -> list[str]:
         options = self.params.training(name)
+        entry = self.params.codec(name)
+        if is_scalable(entry):  # the human layer trains on images and the frozen machine layer
+            return [str(self.paths.prepared(options.dataset)), self.layer(entry.machine)]
         kinds = OBJECTIVES[self.params.learned(name).objective].mask_kinds
         inputs = [str(self.paths.prepared(options.dataset))]
         if len(kinds) == 1:
             inputs.append(str(self.paths.masks(kinds[0], options.dataset)))
         elif kinds:  # several kinds: every mask of the dataset
             inputs.append(str(self.paths.masks(kinds[0], options.dataset).parent))
+        task = self.params.learned(name).objective_args.get("task")
+        if task is not None:  # a task-driven objective reads the task model's weights
+            inputs += self.task_weights(str(task))
         return inputs
+
+    def layer(self, machine: str) -> str:
+        """A scalable codec's machine layer: its machine codec's checkpoint."""
+        return str(self.paths.checkpoint(machine))
+
+    def evaluated(self, name: str) -> list[str]:
+        """What evaluate@ reads: the coded dataset, and a scalable codec's machine layer's."""
+        entry, coded = self.params.codec(name), [str(self.paths.coded(name))]
+        return [*coded, str(self.paths.coded(entry.machine))] if is_scalable(entry) else coded
 
     def codecs(self) -> dict[str, Any]:
         p, paths = self.params, self.paths
         encoded = str(paths.prepared(p.encode.dataset))
         encode_items = {}
         for name, entry in p.codecs.items():
-            own_input = [str(paths.checkpoint(name))] if is_learned(entry) else []
-            own_keys = [f"codecs.{name}.family"] if is_learned(entry) else self.entry_keys(name)
+            own_input = [str(paths.checkpoint(name))] if is_trained(entry) else []
+            if is_scalable(entry):
+                own_input.append(self.layer(entry.machine))
+            own_keys = [f"codecs.{name}.family"] if is_trained(entry) else self.entry_keys(name)
             if name in p.finetuned_codecs:  # codes the training split too
                 own_keys += self.keys("encode.train_split")
             encode_items[name] = ([encoded, *own_input], own_keys)
@@ -226,7 +251,7 @@ class _Builder:
                 "icmflow train ${key}",
                 {
                     name: (self.training_inputs(name), self.entry_keys(name))
-                    for name in p.learned_codecs
+                    for name in p.trained_codecs
                 },
                 code=self.code("train"),
                 params=self.keys("train"),
@@ -245,7 +270,7 @@ class _Builder:
             ),
             "evaluate": _group(
                 "icmflow evaluate ${key}",
-                {name: ([str(paths.coded(name))], []) for name in p.codecs},
+                {name: (self.evaluated(name), []) for name in p.codecs},
                 code=[encoded, object_masks, *self.code("evaluate")],
                 params=self.keys("encode.dataset", "encode.split"),
                 outs=[
@@ -254,6 +279,26 @@ class _Builder:
                 ],
                 metrics=["results/metrics/${key}/metrics.json"],
             ),
+        }
+
+    def bit_maps(self) -> dict[str, Any]:
+        p, paths = self.params, self.paths
+        pairs = p.bit_map_pairs()
+        if not pairs:
+            return {}
+        items = {
+            key: ([str(paths.checkpoint(a)), str(paths.checkpoint(b))], self.keys("bit_maps"))
+            for key, (a, b) in pairs.items()
+        }
+        return {
+            "bitmaps": _group(
+                "icmflow bitmaps ${item.first} ${item.second}",
+                items,
+                code=[str(paths.prepared(p.encode.dataset)), *self.code("bitmaps")],
+                params=self.keys("encode.dataset", "encode.split"),
+                outs=["results/bitmaps/${key}"],
+                fields={key: {"first": a, "second": b} for key, (a, b) in pairs.items()},
+            )
         }
 
     TASK_KEYS = ("kind", "backend", "weights", "input_size", "classes", "device", "options")
@@ -334,10 +379,12 @@ class _Builder:
             results.append("results/tasks")
         if self.params.finetuned():
             results.append("results/finetuned")
+        if self.params.bit_maps.pairs:
+            results.append("results/bitmaps")
         return _stage(
             "icmflow report",
             [*results, *self.code("report")],
-            self.keys("codecs", "tasks", "report"),
+            self.keys("codecs", "tasks", "report", "bit_maps"),
             [report],
         )
 
@@ -354,6 +401,9 @@ class _Builder:
             plots.append(
                 {title: {"x": "bpp", "y": {str(report / f"rd_{s}.csv"): quality for s in series}}}
             )
+        if any(is_scalable(entry) for entry in self.params.codecs.values()):
+            # the report's Fig. 6 analogue (stages/report.py), human images of scalable codecs
+            plots += [str(report / f"scalable_{q}_bpp.png") for q in ("psnr", "ms_ssim")]
         for task, entry in self.params.tasks.items():
             metric = HEADLINES[entry.kind][0]
             plots.append(str(report / f"accuracy_{task}_{metric}.png"))
@@ -369,7 +419,7 @@ class _Builder:
 
     def build(self) -> dict[str, Any]:
         package = os.path.relpath(PACKAGE_DIR, self.root.resolve())
-        check_deps = ["params.yaml"] + ([package] if not package.startswith("..") else [])
+        check_deps = ["params.yaml"] + ([package] if in_source_tree(self.root) else [])
         stages = {
             "pipeline": _stage("icmflow pipeline --check", check_deps, [], [CHECK_OUT]),
             "sample": _stage(
@@ -381,6 +431,7 @@ class _Builder:
             **self.datasets(),
             **self.codecs(),
             **self.tasks(),
+            **self.bit_maps(),
             "report": self.report(),
         }
         return {"stages": stages, "plots": self.plots()}

@@ -63,6 +63,10 @@ class Paths:
         """`finetune@<codec>-<task>`: accuracy of the fine-tuned model on the codec's images."""
         return self.root / "results" / "finetuned" / f"{codec}-{task}"
 
+    def bit_maps(self, pair: str) -> Path:
+        """`bitmaps@<first>-vs-<second>`: bit-allocation heat maps of two codecs."""
+        return self.root / "results" / "bitmaps" / pair
+
     @property
     def report(self) -> Path:
         return self.root / "results" / "report"
@@ -70,3 +74,13 @@ class Paths:
     def work(self, stage: str, name: str) -> Path:
         """Resumable work in progress: outside every DVC output, so `dvc repro` keeps it."""
         return self.root / "data" / ".work" / stage / name
+
+
+def shared_store(storage_root: str, stage: str, name: str) -> str:
+    """Where stage `stage` builds store `name` under `storage.root` (a URL), for every worker."""
+    return f"{storage_root}/{stage}/{name}"
+
+
+def shared_work(storage_root: str, stage: str, name: str) -> str:
+    """The work directory of `shared_store(storage_root, stage, name)`."""
+    return f"{storage_root}/.work/{stage}/{name}"

@@ -7,11 +7,12 @@ import logging
 from icmflow.coding.coded_dataset import add_cityscapes_layout, encode_dataset
 from icmflow.coding.image_codec import CodecSpec
 from icmflow.core.errors import MissingInputError
-from icmflow.core.files import replace
+from icmflow.core.files import remove, replace
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
+from icmflow.core.storage import download
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.pipeline.params import Params, check_registered, is_learned
-from icmflow.pipeline.paths import Paths
+from icmflow.pipeline.params import Params, check_registered, is_scalable, is_trained
+from icmflow.pipeline.paths import Paths, shared_store
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.cluster import dask_client
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
     """What the workers build codec `name` from: its checkpoint, or its classical settings."""
     entry = params.codec(name)
-    if not is_learned(entry):
+    if not is_trained(entry):
         return entry.codec()
     from icmflow.coding.learned import LearnedCodecSpec  # PyTorch: learned codecs only
 
@@ -29,6 +30,17 @@ def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
     checkpoint = paths.checkpoint(name)
     if not checkpoint.is_file():
         raise MissingInputError(f"{checkpoint}: not found; run `icmflow train {name}` first")
+    if is_scalable(entry):  # the additional layer, on the machine codec's checkpoint
+        from icmflow.coding.layered import LayeredCodecSpec
+
+        machine = paths.checkpoint(entry.machine)
+        return LayeredCodecSpec(
+            str(checkpoint),
+            file_digest(checkpoint),
+            str(machine),
+            file_digest(machine),
+            params.encode.device,
+        )
     return LearnedCodecSpec(str(checkpoint), file_digest(checkpoint), params.encode.device)
 
 
@@ -46,12 +58,22 @@ def run(params: Params, paths: Paths, name: str) -> None:
     if not work.resume():
         work.seal()
     out = work.path / "out"
+    # with storage.root the workers write there, and the finished dataset is copied here
+    root = params.storage.root
+    target = out if root is None else shared_store(root, "encode", name)
     # splits are coded one after the other: the parallel work is the largest split's tasks
     tasks = max(-(-len(d.images) // options.images_per_task) for d in splits.values())
     with dask_client(options.scheduler, n_workers=options.n_workers, tasks=tasks) as client:
         summaries = encode_dataset(
-            spec, splits, out, client=client, images_per_task=options.images_per_task
+            spec, splits, target, client=client, images_per_task=options.images_per_task
         )
+    if root is not None:
+        remove(out)
+        download(target, out)
+    if is_scalable(entry := params.codec(name)):  # its base layer: the machine codec's dataset
+        from icmflow.coding.layered import write_layers
+
+        write_layers(out, spec, entry.machine)
     source = params.dataset(options.dataset)
     if source.format == "cityscapes":  # also in the layout Cityscapes tools read
         for split in splits:

@@ -12,10 +12,11 @@ from typing import Any
 from distributed import Client
 
 from icmflow.core.files import remove, replace
+from icmflow.core.storage import download
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_object_masks
 from icmflow.pipeline.params import Params
-from icmflow.pipeline.paths import Paths
+from icmflow.pipeline.paths import Paths, shared_store, shared_work
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.cluster import dask_client
 
@@ -37,7 +38,8 @@ def build_split_stores(
 ) -> None:
     """Build the `kind` store of every split on one dask cluster; all appear together at the end.
 
-    Finished split stores wait in the work directory, so an interrupted run resumes there.
+    Finished split stores wait in the work directory, so an interrupted run resumes there. With
+    `storage.root`, the workers build each store there (`shared_store`), then it is copied here.
     """
     options = params.masks
     work = paths.work(stage, dataset)
@@ -58,7 +60,15 @@ def build_split_stores(
         tasks=shards,
     ) as client:
         for split, data in prepared.items():
-            build(data, staging / f"{split}.zarr", work / f"build-{split}", client)
+            local = staging / f"{split}.zarr"
+            if params.storage.root is None:
+                build(data, local, work / f"build-{split}", client)
+                continue
+            name = f"{dataset}/{kind}/{split}.zarr"
+            shared = shared_store(params.storage.root, stage, name)
+            build(data, shared, shared_work(params.storage.root, stage, name), client)
+            remove(local)
+            download(shared, local)
     write_provenance(staging, f"{stage}@{dataset}", recorded)
     replace(staging, paths.masks(kind, dataset))
     remove(work)

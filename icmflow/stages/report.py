@@ -11,9 +11,18 @@ from icmflow.core.errors import MissingInputError
 from icmflow.core.files import atomic_directory, write_csv, write_json, write_text
 from icmflow.evaluation.accuracy import COLUMNS as ACCURACY_COLUMNS
 from icmflow.evaluation.accuracy import HEADLINES, accuracy_row, columns, sort_rows
-from icmflow.evaluation.plots import QUALITY, plot_accuracy, plot_rd
-from icmflow.evaluation.report import COLUMNS, bd_rates, markdown_table, rd_table
-from icmflow.pipeline.params import Params
+from icmflow.evaluation.plots import QUALITY, plot_accuracy, plot_rd, plot_scalable
+from icmflow.evaluation.report import (
+    COLUMNS,
+    SCALABLE_COLUMNS,
+    bd_rates,
+    markdown_table,
+    parameters_table,
+    psnr_table,
+    rd_table,
+    scalable_table,
+)
+from icmflow.pipeline.params import Params, is_scalable
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -93,6 +102,56 @@ def _write_accuracy(params: Params, paths: Paths, rows: list[dict], out: Path) -
     write_text(out / "accuracy.md", "".join(text))
 
 
+def _write_bit_map_links(params: Params, paths: Paths, out: Path) -> None:
+    """bit_allocation.md: a link to every `bitmaps@` stage's maps, relative to the report."""
+    lines = ["# Bit allocation\n\n"]
+    for key in params.bit_map_pairs():
+        index = paths.bit_maps(key) / "index.md"
+        if not index.is_file():
+            raise MissingInputError(f"{index}: missing; run `icmflow bitmaps` for {key} first")
+        lines.append(f"- [{key}]({Path('..') / 'bitmaps' / key / 'index.md'})\n")
+    write_text(out / "bit_allocation.md", "".join(lines))
+
+
+def _write_scalable(params: Params, paths: Paths, rows: list[dict], out: Path) -> None:
+    """scalable.csv / .md (the papers' Tables I and II over m) and the Fig. 6 plots."""
+    found = []
+    for name, entry in params.codecs.items():
+        if is_scalable(entry):
+            metrics = _load_metrics(paths, name)
+            found.append(
+                {
+                    **metrics,
+                    "series": entry.series_name,
+                    "setting": entry.setting,
+                    "mode": entry.mode,
+                    "m": entry.m,
+                    "human_parameters": metrics["layers"]["human_parameters"],
+                }
+            )
+    table = scalable_table(found)
+    write_csv(out / "scalable.csv", table, SCALABLE_COLUMNS)
+    write_text(
+        out / "scalable.md",
+        "# Scalable coding for humans and machines\n\nHuman images; bpp counts both layers' "
+        "files, additional_bpp the human layer's alone, machine_bpp the machine layer's "
+        "(its images are the machine codec's coded dataset).\n\n"
+        + markdown_table(table, SCALABLE_COLUMNS)
+        + "\n## Human-layer parameters (Table I)\n\n"
+        + parameters_table(table)
+        + "\n## PSNR (dB) of the human images per λ (Table II)\n\n"
+        + psnr_table(table),
+    )
+    for quality in ("psnr", "ms_ssim"):
+        plot_scalable(
+            rows,
+            table,
+            quality,
+            out / f"scalable_{quality}_bpp.png",
+            f"Human images: {QUALITY[quality]} against rate",
+        )
+
+
 def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
@@ -130,6 +189,10 @@ def run(params: Params, paths: Paths) -> None:
             plot_rd(rows, quality, out / f"{quality}_bpp.png", f"{label} against rate")
         if params.tasks:
             _write_accuracy(params, paths, rows, out)
+        if any(is_scalable(entry) for entry in params.codecs.values()):
+            _write_scalable(params, paths, rows, out)
+        if params.bit_maps.pairs:
+            _write_bit_map_links(params, paths, out)
         write_provenance(
             out,
             "report",

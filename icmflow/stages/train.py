@@ -1,4 +1,8 @@
-"""Stage `train@<codec>`: train one learned codec with its objective; save its checkpoint."""
+"""Stage `train@<codec>`: train one learned codec with its objective; save its checkpoint.
+
+Under torchrun (`train.nproc` > 1: `icmflow train` relaunches itself) every process trains its
+part of each batch; rank 0 alone prepares the work folder and writes the outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,44 @@ from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.plots import plot_training_log
 from icmflow.masks.store import store_attrs
-from icmflow.pipeline.params import Params, check_registered
+from icmflow.pipeline.params import (
+    CodecEntry,
+    LearnedEntry,
+    Params,
+    TrainParams,
+    check_registered,
+    is_scalable,
+)
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.devices import resolve_device
-from icmflow.training.data import TrainingCrops
+from icmflow.runtime.distributed import Group, process_group
+from icmflow.training.data import TrainingCrops, fits_in_memory
 from icmflow.training.objectives import OBJECTIVES
-from icmflow.training.trainer import TrainSettings, read_log, train_codec
+from icmflow.training.trainer import TrainResult, TrainSettings, read_log, train_codec
+
+
+def objective_args(params: Params, paths: Paths, name: str) -> tuple[dict, list[str]]:
+    """Codec `name`'s `objective_args`, a task name (`task: <key of tasks>`) resolved to that
+    task model's frozen task loss; and the digests of the files they read."""
+    args = dict(params.learned(name).objective_args)
+    if "task" not in args:
+        return args, []
+    from icmflow.pipeline.tasks import base_weights, task_spec
+    from icmflow.vision.tasks.differentiable import load_task_loss
+
+    task = str(args["task"])
+    weights = base_weights(params, paths, task)
+    spec = task_spec(params, task, weights)
+    args["task"] = load_task_loss(params.task(task).backend, spec)
+    return args, [file_digest(weights)]
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
     check_registered(params)
+    if is_scalable(params.codec(name)):
+        _run_scalable(params, paths, name)
+        return
     entry, options = params.learned(name), params.training(name)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
     objective_cls = OBJECTIVES[entry.objective]
@@ -27,6 +58,7 @@ def run(params: Params, paths: Paths, name: str) -> None:
         kind: paths.mask_store(kind, options.dataset, options.split)
         for kind in objective_cls.mask_kinds
     }
+    arguments, digests = objective_args(params, paths, name)
     work = WorkDir(
         paths.work("train", name),
         fingerprint(
@@ -34,11 +66,95 @@ def run(params: Params, paths: Paths, name: str) -> None:
             options.model_dump(),
             file_digest(dataset.path),
             {kind: store_attrs(path)["fingerprint"] for kind, path in masks.items()},
+            digests,
         ),
     )
-    if not work.resume():
-        work.seal()
-    settings = TrainSettings(
+    with process_group(resolve_device(options.device)) as group:  # alone without torchrun
+        if group.main and not work.resume():
+            work.seal()
+        group.barrier()  # the work folder is ready: every process may read its state
+        model = create_model(entry.arch, seed=options.seed, **entry.model_args)
+        objective = objective_cls(lmbda=entry.lmbda, **arguments)
+        objective.bind(model)
+        result = train_codec(
+            model,
+            objective,
+            TrainingCrops(
+                dataset, masks, options.patch_size, cache=_cache(options, dataset, masks)
+            ),
+            _settings(options, group),
+            log_path=work.path / "train_log.csv",
+            state_path=work.path / "state.pt",
+            group=group,
+        )
+    if group.main:
+        _save(paths, name, entry, options, result)
+        work.discard()
+
+
+def _run_scalable(params: Params, paths: Paths, name: str) -> None:
+    """A scalable codec's human layer on its frozen machine layer (`icmflow.codecs.scalable`)."""
+    from icmflow.codecs.checkpoint import load_codec
+    from icmflow.codecs.scalable import build_scalable, save_scalable
+
+    entry, options = params.scalable(name), params.training(name)
+    machine_checkpoint = paths.checkpoint(entry.machine)
+    dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    work = WorkDir(
+        paths.work("train", name),
+        fingerprint(
+            entry.model_dump(),
+            options.model_dump(),
+            file_digest(dataset.path),
+            file_digest(machine_checkpoint),
+        ),
+    )
+    with process_group(resolve_device(options.device)) as group:
+        if group.main and not work.resume():
+            work.seal()
+        group.barrier()
+        model = build_scalable(
+            load_codec(machine_checkpoint),
+            entry.mode,
+            entry.m,
+            entry.arch,
+            entry.model_args,
+            seed=options.seed,
+        )
+        result = train_codec(
+            model,
+            OBJECTIVES[entry.objective](lmbda=entry.lmbda),
+            TrainingCrops(dataset, {}, options.patch_size, cache=_cache(options, dataset, {})),
+            _settings(options, group),
+            log_path=work.path / "train_log.csv",
+            state_path=work.path / "state.pt",
+            group=group,
+        )
+    if group.main:
+        model = result.model.cpu()
+        model.update(force=True)
+        save_scalable(
+            paths.checkpoint(name),
+            model,
+            machine_checkpoint,
+            step=options.steps,
+            loss=result.last["loss"],
+            optimizer=result.optimizer,
+            aux_optimizer=result.aux_optimizer,
+            extra={"objective": entry.objective, "lambda": entry.lmbda, "final": result.last},
+        )
+        _write_log(paths, name, entry, options)
+        work.discard()
+
+
+def _cache(options: TrainParams, dataset: PreparedDataset, masks: dict) -> bool:
+    if options.cache_images == "auto":
+        return fits_in_memory(dataset, len(masks))
+    return options.cache_images
+
+
+def _settings(options: TrainParams, group: Group) -> TrainSettings:
+    return TrainSettings(
         steps=options.steps,
         batch_size=options.batch_size,
         lr=options.lr,
@@ -47,18 +163,17 @@ def run(params: Params, paths: Paths, name: str) -> None:
         lr_milestones=tuple(options.lr_milestones),
         seed=options.seed,
         num_workers=options.num_workers,
-        device=str(resolve_device(options.device)),
+        device=str(group.device),
         channels_last=options.channels_last,
+        precision=options.precision,
         save_every=options.save_every,
     )
-    result = train_codec(
-        create_model(entry.arch, seed=options.seed, **entry.model_args),
-        objective_cls(lmbda=entry.lmbda, **entry.objective_args),
-        TrainingCrops(dataset, masks, options.patch_size, cache=options.cache_images),
-        settings,
-        log_path=work.path / "train_log.csv",
-        state_path=work.path / "state.pt",
-    )
+
+
+def _save(
+    paths: Paths, name: str, entry: LearnedEntry, options: TrainParams, result: TrainResult
+) -> None:
+    """The checkpoint (after `update(force=True)`), the log and its plot, the provenance."""
     model = result.model.cpu()
     model.update(force=True)
     save_checkpoint(
@@ -72,7 +187,12 @@ def run(params: Params, paths: Paths, name: str) -> None:
         aux_optimizer=result.aux_optimizer,
         extra={"objective": entry.objective, "lambda": entry.lmbda, "final": result.last},
     )
-    replace(work.path / "train_log.csv", paths.train_log(name))
+    _write_log(paths, name, entry, options)
+
+
+def _write_log(paths: Paths, name: str, entry: CodecEntry, options: TrainParams) -> None:
+    """The training log and its plot beside the checkpoint, and the provenance."""
+    replace(paths.work("train", name) / "train_log.csv", paths.train_log(name))
     plot_training_log(
         read_log(paths.train_log(name)), paths.model(name) / "train_log.png", f"train@{name}"
     )
@@ -81,4 +201,3 @@ def run(params: Params, paths: Paths, name: str) -> None:
         f"train@{name}",
         {"codec": {name: entry.model_dump()}, "train": options.model_dump()},
     )
-    work.discard()

@@ -1,18 +1,29 @@
-"""Training samples: random crops of images with the identical crops of their masks."""
+"""Training samples: random crops of images with the identical crops of their masks, and the
+endless stream of (item, seed) pairs that a training process draws them in."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from icmflow.core.errors import MissingInputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.store import MaskStore
+
+CACHE_BUDGET = 2 << 30
+"""Bytes of decoded images and masks that `cache_images: auto` keeps in memory, per process."""
+
+
+def fits_in_memory(dataset: PreparedDataset, mask_kinds: int) -> bool:
+    """Whether the decoded images (3 bytes a pixel) and masks (1 byte) fit in `CACHE_BUDGET`."""
+    pixels = sum(image["width"] * image["height"] for image in dataset.images)
+    return pixels * (3 + mask_kinds) <= CACHE_BUDGET
 
 
 def pad_to(array: np.ndarray, size: int) -> np.ndarray:
@@ -24,13 +35,70 @@ def pad_to(array: np.ndarray, size: int) -> np.ndarray:
     return np.pad(array, widths, mode="symmetric")
 
 
+class StreamSampler(Sampler[tuple[int, int]]):
+    """The samples of process `rank` of `world`, as `(index, seed)` pairs, endlessly.
+
+    The stream is successive random permutations of the `size` items (permutation `e` drawn
+    from `(seed, e)`), cut into global batches of `batch_size`; process `rank` takes items
+    `rank, rank + world, ...` of each, so its DataLoader batches of `batch_size / world` together
+    make the global batch (as DistributedSampler splits a dataset, without epochs: training
+    counts steps). The `p`-th item of the stream carries its own seed for the item's random
+    draws (`Seeded`), so a global batch is the same crops whatever the number of processes and
+    of DataLoader workers. `start` skips that many global batches: a resumed run continues the
+    stream where the saved state stopped.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+    ):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not a multiple of {world} processes")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world, self.start = rank, world, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = divmod(self.start * self.batch_size, self.size)
+        while True:
+            order = np.random.default_rng((self.seed, epoch)).permutation(self.size)
+            for i in range(offset, self.size):
+                p = epoch * self.size + i
+                if p % self.world == self.rank:
+                    yield int(order[i]), self.seed * 2**32 + p
+            epoch, offset = epoch + 1, 0
+
+
+class Seeded(Dataset):
+    """`data[index]` for keys `(index, seed)`, its draws from torch's CPU generator seeded by
+    `seed` (the caller's generator state is kept)."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            return self.data[index]
+
+
 class TrainingCrops(Dataset):
     """Samples `{"x": 3×P×P image in [0, 1], <kind>: 1×P×P mask, ...}`: one random `patch_size`
     crop of an image and the same crop of its mask of every kind in `masks` (kind -> store).
 
-    Images smaller than the crop are mirror-padded first, image and masks alike. With `cache`,
-    decoded images and masks stay in memory (for small datasets; each DataLoader worker holds
-    its own copy).
+    Crop positions are drawn from torch's generator. Images smaller than the crop are mirror-padded first, image and masks alike.
+    With `cache`, every image and mask is decoded once, here (in threads), and stays in memory;
+    DataLoader worker processes started later share those pages instead of each decoding its
+    own copy.
     """
 
     def __init__(
@@ -52,6 +120,10 @@ class TrainingCrops(Dataset):
                     f"{self.mask_paths[kind]}: no mask for image ids {missing[:5]} of "
                     f"{dataset.path}; rebuild the masks"
                 )
+        if cache:
+            with ThreadPoolExecutor(4) as pool:  # PIL and zarr decode outside the GIL
+                for _ in pool.map(self._load, range(len(self))):  # each fills its entry
+                    pass
 
     def _store(self, kind: str) -> MaskStore:
         if kind not in self._stores:  # opened lazily: each DataLoader worker opens its own

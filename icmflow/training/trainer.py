@@ -4,9 +4,23 @@ As in CompressAI's example: the main Adam optimiser takes every parameter except
 bottlenecks' `quantiles` (and the objective's own trainable parameters, if it has any), the
 auxiliary optimiser fits the quantiles by minimising `model.aux_loss()`; gradients are clipped to
 `clip_max_norm`. With `channels_last`, model and image batches use the NHWC memory layout, which
-CPUs and GPUs convolve faster (measured in README). Each step logs every term the objective
-returns, then `aux_loss` and `lr`, to a CSV file. The caller updates the model
-(`update(force=True)`) before saving it, so its checkpoint carries the entropy coder's tables.
+CPUs and GPUs convolve faster (measured in README). With `precision: bfloat16` the codec's
+forward pass runs under autocast, its entropy models (the likelihoods) in float32. Each step logs
+every term the objective returns, then `aux_loss` and `lr`, to a CSV file; the terms stay on the
+device and reach the host every few steps, so a GPU is not stopped after each step. The caller
+updates the model (`update(force=True)`) before saving it, so its checkpoint carries the entropy
+coder's tables.
+
+Batches come from an endless stream of items (`StreamSampler`), each drawing its random crop from
+a seed of its own, so the stream does not depend on the number of processes or DataLoader
+workers, and a resumed run continues it. On several processes (a `Group` of more than one):
+every process takes its part of each global batch (`batch_size / world` items),
+model and objective run under DistributedDataParallel, whose all-reduce averages the gradients,
+so a step is the step of one process on the whole batch. The quantiles stay outside DDP: the aux
+loss, which does not depend on the data, is computed on the model itself on every process and its
+gradients averaged explicitly, so every process keeps the same quantiles. Logged terms are
+averaged over the processes; only rank 0 writes the log and the resumable state, every process
+resumes from that state.
 
 Batches are dicts of tensors (see `icmflow.training.objectives.base`); a dataset with a
 `collate` method batches its own samples (e.g. boxes of different counts).
@@ -17,25 +31,37 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
+from compressai.entropy_models import EntropyModel
 from compressai.models import CompressionModel
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from icmflow.core.errors import IcmflowError
+from icmflow.runtime.distributed import Group
+from icmflow.training.data import Seeded, StreamSampler
 from icmflow.training.objectives import Batch, Objective
 
 log = logging.getLogger(__name__)
+
+Precision = Literal["float32", "bfloat16"]
+SYNC_EVERY = 25
+"""Steps between the host's reads of the logged terms (and their all-reduce)."""
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     steps: int
     batch_size: int
+    """The global batch: split over the processes of a group."""
     lr: float
     aux_lr: float
     clip_max_norm: float = 1.0
@@ -44,6 +70,7 @@ class TrainSettings:
     num_workers: int = 0
     device: str = "cpu"
     channels_last: bool = False
+    precision: Precision = "float32"
     save_every: int = 500
 
 
@@ -62,20 +89,26 @@ def read_log(path: Path) -> list[dict[str, float]]:
 
 
 def configure_optimizers(
-    model: CompressionModel, lr: float, aux_lr: float, objective: nn.Module | None = None
+    model: CompressionModel,
+    lr: float,
+    aux_lr: float,
+    objective: nn.Module | None = None,
+    *,
+    fused: bool | None = None,
 ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Main and auxiliary Adam optimisers, split on `.quantiles` as CompressAI does."""
+    """Main and auxiliary Adam optimisers, split on `.quantiles` as CompressAI does.
+
+    `fused`: PyTorch's one-kernel Adam (the same update, fewer kernel launches on a GPU).
+    """
     named = dict(model.named_parameters())
     aux = [p for n, p in named.items() if n.endswith(".quantiles") and p.requires_grad]
     main = [p for n, p in named.items() if not n.endswith(".quantiles") and p.requires_grad]
     if objective is not None:
         main += [p for p in objective.parameters() if p.requires_grad]
-    return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
-
-
-def _batches(loader: DataLoader) -> Iterator[Batch]:
-    while True:
-        yield from loader
+    return (
+        torch.optim.Adam(main, lr=lr, fused=fused),
+        torch.optim.Adam(aux, lr=aux_lr, fused=fused),
+    )
 
 
 class _State:
@@ -131,16 +164,109 @@ def _to(tensor: torch.Tensor, device: torch.device, layout: torch.memory_format)
     return tensor.contiguous(memory_format=layout) if tensor.dim() == 4 else tensor
 
 
-def _loader(data: Dataset, settings: TrainSettings, seed: int) -> DataLoader:
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast type of `precision` on `device` (None: plain float32)."""
+    if precision == "float32":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise IcmflowError(
+            f"train.precision {precision}: {torch.cuda.get_device_name(device)} has no "
+            "bfloat16; set train.precision: float32"
+        )
+    return torch.bfloat16
+
+
+@contextmanager
+def _likelihoods_in_float32(model: nn.Module, device_type: str, enabled: bool) -> Iterator[None]:
+    """Run every entropy model of `model` in float32, outside autocast, while in the block."""
+    models = [m for m in model.modules() if isinstance(m, EntropyModel)] if enabled else []
+
+    def float32(forward):
+        def run(*args, **kwargs):
+            with torch.autocast(device_type, enabled=False):
+                return forward(*(_float32(a) for a in args), **_float32(kwargs))
+
+        return run
+
+    for entropy_model in models:
+        entropy_model.forward = float32(entropy_model.forward)
+    try:
+        yield
+    finally:
+        for entropy_model in models:
+            del entropy_model.forward
+
+
+class _Step(nn.Module):
+    """The codec and its objective as one module (what DDP wraps): batch -> loss terms."""
+
+    def __init__(self, model: CompressionModel, objective: Objective, autocast: torch.dtype | None):
+        super().__init__()
+        self.model, self.objective, self.autocast = model, objective, autocast
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x = batch["x"]
+        if self.autocast is None:
+            return self.objective(self.model(x), batch)
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            output = self.model(x)
+        return self.objective(_float32(output), batch)
+
+
+def _float32(output: Any) -> Any:
+    """The codec's output with its tensors (also in dicts, e.g. `likelihoods`) in float32."""
+    if isinstance(output, dict):
+        return {k: _float32(v) for k, v in output.items()}
+    return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
+
+
+def _distributed(step: _Step, group: Group) -> nn.Module:
+    """`step` under DDP, its quantiles left out (they get the aux loss's gradients only)."""
+    quantiles = [n for n, _ in step.named_parameters() if n.endswith(".quantiles")]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, quantiles)
+    for name, parameter in step.named_parameters():
+        if name.endswith(".quantiles"):
+            dist.broadcast(parameter.data, 0)
+    return DistributedDataParallel(
+        step,
+        device_ids=[group.device.index] if group.device.type == "cuda" else None,
+        broadcast_buffers=False,  # the codecs' buffers do not change while training
+        gradient_as_bucket_view=True,
+    )
+
+
+def _average(tensor: torch.Tensor, group: Group) -> torch.Tensor:
+    if group.world > 1:
+        dist.all_reduce(tensor)
+        tensor /= group.world
+    return tensor
+
+
+def _average_gradients(parameters: list[nn.Parameter], group: Group) -> None:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if group.world == 1 or not grads:
+        return
+    flat = _average(torch.cat([g.reshape(-1) for g in grads]), group)
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(part.view_as(grad))
+
+
+def _loader(data: Dataset, settings: TrainSettings, group: Group, start: int) -> DataLoader:
+    sampler = StreamSampler(
+        len(data),
+        settings.batch_size,
+        settings.seed,
+        rank=group.rank,
+        world=group.world,
+        start=start,
+    )
     return DataLoader(
-        data,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        drop_last=len(data) >= settings.batch_size,
+        Seeded(data),
+        batch_size=settings.batch_size // group.world,
+        sampler=sampler,
         num_workers=settings.num_workers,
         collate_fn=getattr(data, "collate", None),
-        generator=torch.Generator().manual_seed(seed),
-        persistent_workers=settings.num_workers > 0,
+        pin_memory=group.device.type == "cuda",
     )
 
 
@@ -152,23 +278,30 @@ def train_codec(
     *,
     log_path: Path,
     state_path: Path | None = None,
+    group: Group | None = None,
 ) -> TrainResult:
     """Train for `settings.steps` steps; returns the model, both optimisers, the last terms.
 
-    With `state_path`, the state is saved every `settings.save_every` steps and a rerun resumes
-    from it (from the saved step, with a fresh data order).
+    With `state_path`, rank 0 saves the state every `settings.save_every` steps and a rerun
+    resumes from it, continuing the same stream of crops. `group` (default: this process alone,
+    on `settings.device`) is the process group of a torchrun launch.
     """
-    device = torch.device(settings.device)
-    torch.manual_seed(settings.seed)
+    group = group or Group(device=torch.device(settings.device))
+    device = group.device
     layout = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.to(device, memory_format=layout).train()
     objective.to(device).train()
-    optimizer, aux_optimizer = configure_optimizers(model, settings.lr, settings.aux_lr, objective)
+    optimizer, aux_optimizer = configure_optimizers(
+        model, settings.lr, settings.aux_lr, objective, fused=device.type == "cuda" or None
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # crops of one size: cuDNN picks its kernels once
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, list(settings.lr_milestones), gamma=0.1
     )
-    state, rows, start = _State(state_path), [], 0
-    saved = state.load()
+    quantiles = list(aux_optimizer.param_groups[0]["params"])
+    state, rows, start = _State(state_path if group.main else None), [], 0
+    saved = _State(state_path).load()
     if saved is not None:
         model.load_state_dict(saved["model"])
         objective.load_state_dict(saved["objective"])
@@ -176,38 +309,61 @@ def train_codec(
         aux_optimizer.load_state_dict(saved["aux_optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         rows, start = saved["rows"], saved["step"]
-        torch.manual_seed(settings.seed + start)
         log.info("resuming training at step %d from %s", start, state_path)
-    batches = _batches(_loader(data, settings, settings.seed + start))
+    torch.manual_seed(settings.seed + start + 100_003 * group.rank)  # the quantisation noise
+    step_module = _Step(model, objective, autocast_dtype(settings.precision, device))
+    runner = _distributed(step_module, group) if group.world > 1 else step_module
+    batches = iter(_loader(data, settings, group, start))
     result = TrainResult(model, optimizer, aux_optimizer)
-    train_log = _Log(log_path, rows)
+    train_log = _Log(log_path, rows) if group.main else None
+    pending: list[tuple[int, float, torch.Tensor]] = []
+    names: list[str] = []
+
+    def sync() -> None:
+        """Bring the pending steps' terms to the host (averaged over the group) and log them."""
+        if not pending:
+            return
+        values = _average(torch.stack([v for _, _, v in pending]), group).cpu().tolist()
+        for (step, lr, _), row in zip(pending, values, strict=True):
+            result.last = dict(zip(names, row[:-1], strict=True))
+            if train_log is not None:
+                train_log.add({"step": step, **result.last, "aux_loss": row[-1], "lr": lr})
+        pending.clear()
+        bar.set_postfix(loss=f"{result.last['loss']:.4g}")
+
     try:
-        with tqdm(total=settings.steps, initial=start, desc="train", unit="step") as bar:
+        with (
+            _likelihoods_in_float32(model, device.type, step_module.autocast is not None),
+            tqdm(
+                total=settings.steps,
+                initial=start,
+                desc="train",
+                unit="step",
+                disable=not group.main,
+            ) as bar,
+        ):
             for step in range(start + 1, settings.steps + 1):
                 batch = {k: _to(v, device, layout) for k, v in next(batches).items()}
                 optimizer.zero_grad()
                 aux_optimizer.zero_grad()
-                terms = objective(model(batch["x"]), batch)
+                terms = runner(batch)
                 terms["loss"].backward()
                 if settings.clip_max_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
                 optimizer.step()
                 aux_loss = model.aux_loss()
                 aux_loss.backward()
+                _average_gradients(quantiles, group)
                 aux_optimizer.step()
                 scheduler.step()
-                result.last = {k: float(v.detach()) for k, v in terms.items()}
-                train_log.add(
-                    {
-                        "step": step,
-                        **result.last,
-                        "aux_loss": float(aux_loss.detach()),
-                        "lr": optimizer.param_groups[0]["lr"],
-                    }
-                )
+                names = list(terms)
+                values = torch.stack([v.detach().float() for v in (*terms.values(), aux_loss)])
+                pending.append((step, optimizer.param_groups[0]["lr"], values))
                 bar.update()
-                bar.set_postfix(loss=f"{result.last['loss']:.4g}")
-                if step % settings.save_every == 0 and step < settings.steps:
+                saving = step % settings.save_every == 0 and step < settings.steps
+                if saving or step % SYNC_EVERY == 0 or step == settings.steps:
+                    sync()
+                if saving and train_log is not None:
                     train_log.flush()
                     state.save(
                         model=model.state_dict(),
@@ -219,5 +375,6 @@ def train_codec(
                         step=step,
                     )
     finally:
-        train_log.close()
+        if train_log is not None:
+            train_log.close()
     return result

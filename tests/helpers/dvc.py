@@ -35,12 +35,15 @@ def copy_project(target: Path) -> Path:
     return target
 
 
-def run(cmd: list[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in `cwd` with the project's environment, importing `cwd`'s own icmflow."""
+def run(
+    cmd: list[str], cwd: Path, *, check: bool = True, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with the project's environment, importing `cwd`'s own icmflow
+    (or `pythonpath`'s: a project in a subfolder of the source tree, e.g. papers/)."""
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(cwd),
+        "PYTHONPATH": str(pythonpath or cwd),
     }
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check:

@@ -5,7 +5,15 @@ problem is reported at once, each naming its key. Codec and dataset names are DV
 params paths (`codecs.<name>`), so they may not contain dots.
 """
 
-from icmflow.pipeline.params.codecs import FAMILIES, CodecEntry, LearnedEntry, is_learned
+from icmflow.pipeline.params.codecs import (
+    FAMILIES,
+    CodecEntry,
+    LearnedEntry,
+    ScalableEntry,
+    is_learned,
+    is_scalable,
+    is_trained,
+)
 from icmflow.pipeline.params.load import load_params
 from icmflow.pipeline.params.project import Params, ParamsError
 from icmflow.pipeline.params.registered import check_registered
@@ -17,8 +25,11 @@ __all__ = [
     "LearnedEntry",
     "Params",
     "ParamsError",
+    "ScalableEntry",
     "TrainParams",
     "check_registered",
     "is_learned",
+    "is_scalable",
+    "is_trained",
     "load_params",
 ]

@@ -5,6 +5,13 @@
   settings for this codec only. Gets train@, encode@ and evaluate@ stages.
 - a classical family (`jpeg`, `webp`, `avif`, `heif`: `icmflow.coding.classical.CLASSICAL`) with
   its own settings (`quality`, ...). Gets encode@ and evaluate@.
+- `family: scalable`: scalable coding for humans and machines (`icmflow.codecs.scalable`): the
+  learned, channel-sliced codec entry `machine` frozen as the machine layer, and a human layer
+  trained with objective `scalable` at its own `lmbda`: `mode: fusion` (the additional-
+  information codec, a TCM with `m` slices whose latent fuses with the machine's; its
+  `model_args` are TCM's but M and num_slices, which follow from the machine and m) or
+  `mode: dc` (the DC model: codec `arch` with `model_args` on the residual image). Gets
+  train@ (after the machine's), encode@ (the additional layer) and evaluate@.
 
 Architectures and objectives are checked against their registries by `registered`, which
 imports PyTorch and CompressAI, so that the stages that need neither start in a second.
@@ -17,9 +24,9 @@ from __future__ import annotations
 
 from functools import reduce
 from operator import or_
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, create_model
+from pydantic import Field, create_model, model_validator
 
 from icmflow.coding.classical import CLASSICAL, PillowCodec
 from icmflow.pipeline.params.sections import NAME_PATTERN, Section, TrainOverrides
@@ -65,6 +72,62 @@ class _ClassicalSeries:
         return CLASSICAL[self.family](**self.model_dump(exclude={"series"}))
 
 
+class ScalableEntry(Section):
+    family: Literal["scalable"]
+    machine: str = Field(
+        pattern=NAME_PATTERN, description="a learned, channel-sliced codec entry (e.g. tcm)"
+    )
+    mode: Literal["fusion", "dc"] = "fusion"
+    m: int | None = Field(None, gt=0, description="fusion: slices of ŷ the human layer adds to")
+    arch: str | None = Field(None, description="dc: the residual codec's architecture")
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    lmbda: float = Field(gt=0, description="λ of the human layer: R(ya) + R(za) + λ·255²·MSE")
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
+    series: str | None = SeriesField
+
+    objective: ClassVar[str] = "scalable"
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> ScalableEntry:
+        if self.mode == "fusion" and (self.m is None or self.arch is not None):
+            raise ValueError(
+                "mode fusion needs m (1 to the machine's num_slices) and no arch: its human "
+                "layer is the additional-information codec"
+            )
+        if self.mode == "dc" and (self.arch is None or self.m is not None):
+            raise ValueError("mode dc needs arch (the residual codec) and no m")
+        return self
+
+    @property
+    def series_name(self) -> str:
+        m = f"-m{self.m}" if self.mode == "fusion" else ""
+        return self.series or f"{self.machine}-{self.mode}{m}"
+
+    @property
+    def setting(self) -> str:
+        return f"λ={self.lmbda:g}"
+
+
+def scalable_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
+    """Scalable entries whose machine is no learned codec entry (the registries' checks of
+    channel slices and m are `registered`'s)."""
+    problems = []
+    for name, entry in codecs.items():
+        if not is_scalable(entry):
+            continue
+        machine = codecs.get(entry.machine)
+        if not is_learned(machine):
+            found = "not under codecs" if machine is None else f"a {machine.family} codec"
+            problems.append(
+                (
+                    f"codecs.{name}.machine",
+                    f"{entry.machine!r} is {found}: the machine layer is a learned, "
+                    "channel-sliced codec entry (e.g. arch tcm)",
+                )
+            )
+    return problems
+
+
 def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:
     return create_model(
         f"{codec.__name__}Entry",
@@ -74,10 +137,10 @@ def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:
 
 
 CLASSICAL_ENTRIES = {family: _classical_entry(cls) for family, cls in CLASSICAL.items()}
-FAMILIES = ("learned", *CLASSICAL_ENTRIES)
+FAMILIES = ("learned", "scalable", *CLASSICAL_ENTRIES)
 
 CodecEntry = Annotated[
-    reduce(or_, (LearnedEntry, *CLASSICAL_ENTRIES.values())),
+    reduce(or_, (LearnedEntry, ScalableEntry, *CLASSICAL_ENTRIES.values())),
     Field(discriminator="family"),
 ]
 """A codec entry; `family` selects its kind and the settings it takes."""
@@ -85,3 +148,12 @@ CodecEntry = Annotated[
 
 def is_learned(entry: Any) -> bool:
     return isinstance(entry, LearnedEntry)
+
+
+def is_scalable(entry: Any) -> bool:
+    return isinstance(entry, ScalableEntry)
+
+
+def is_trained(entry: Any) -> bool:
+    """Entries with a train@ stage."""
+    return is_learned(entry) or is_scalable(entry)

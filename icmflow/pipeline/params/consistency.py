@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from icmflow.pipeline.params.codecs import is_scalable, scalable_problems
 from icmflow.pipeline.params.project import Params
 from icmflow.pipeline.params.tasks import ORIGINAL
 
@@ -30,8 +31,35 @@ def _training_problems(params: Params) -> list[Problem]:
         entry, train = params.learned(name), params.training(name)
 
         key = f"codecs.{name}"
+        task = entry.objective_args.get("task")
+        if task is not None and task not in params.tasks:
+            problems.append(
+                (
+                    f"{key}.objective_args.task",
+                    f"{task!r} is not under tasks ({', '.join(params.tasks) or 'none'}): the "
+                    "objective's recognition model is a task entry",
+                )
+            )
         if entry.train.dataset or entry.train.split:
             problems += _split_problems(params, f"{key}.train", train.dataset, train.split)
+        if train.batch_size % train.nproc:
+            problems.append(
+                (
+                    f"{key}.train" if entry.train.batch_size or entry.train.nproc else "train",
+                    f"batch_size {train.batch_size} does not split over nproc {train.nproc} "
+                    "processes: make it a multiple",
+                )
+            )
+    return problems
+
+
+def _scalable_training_problems(params: Params) -> list[Problem]:
+    problems: list[Problem] = []
+    for name in params.trained_codecs:
+        entry = params.codec(name)
+        if is_scalable(entry) and (entry.train.dataset or entry.train.split):
+            train = params.training(name)
+            problems += _split_problems(params, f"codecs.{name}.train", train.dataset, train.split)
     return problems
 
 
@@ -111,8 +139,26 @@ def _task_problems(params: Params) -> list[Problem]:
     return problems
 
 
+def _bit_map_problems(params: Params) -> list[Problem]:
+    problems: list[Problem] = []
+    for first, second in params.bit_maps.pairs:
+        unlearned = [c for c in (first, second) if c not in params.learned_codecs]
+        if unlearned:
+            problems.append(
+                (
+                    "bit_maps.pairs",
+                    f"{unlearned} are not learned codecs under codecs: bit maps read a codec's "
+                    "likelihoods",
+                )
+            )
+        elif first == second:
+            problems.append(("bit_maps.pairs", f"[{first}, {second}] compares a codec with itself"))
+    return problems
+
+
 def consistency_problems(params: Params) -> list[Problem]:
-    problems = _training_problems(params)
+    problems = _training_problems(params) + _scalable_training_problems(params)
+    problems += scalable_problems(params.codecs)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
     series = params.series()
     for anchor in params.report.anchors:
@@ -120,4 +166,4 @@ def consistency_problems(params: Params) -> list[Problem]:
             problems.append(
                 ("report.anchors", f"{anchor!r} is no codec series (series: {', '.join(series)})")
             )
-    return problems + _task_problems(params) + _sam_problems(params)
+    return problems + _task_problems(params) + _sam_problems(params) + _bit_map_problems(params)

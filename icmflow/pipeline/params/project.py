@@ -7,10 +7,18 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from icmflow.core.errors import IcmflowError
-from icmflow.pipeline.params.codecs import CodecEntry, LearnedEntry, is_learned
+from icmflow.pipeline.params.codecs import (
+    CodecEntry,
+    LearnedEntry,
+    ScalableEntry,
+    is_learned,
+    is_scalable,
+    is_trained,
+)
 from icmflow.pipeline.params.datasets import DatasetParams
 from icmflow.pipeline.params.sections import (
     NAME_PATTERN,
+    BitMapsParams,
     EdgesParams,
     EncodeParams,
     MasksParams,
@@ -19,6 +27,7 @@ from icmflow.pipeline.params.sections import (
     SamParams,
     SampleParams,
     Section,
+    StorageParams,
     TrainParams,
 )
 from icmflow.pipeline.params.tasks import TaskEntry
@@ -40,8 +49,10 @@ class Params(Section):
     train: TrainParams = TrainParams()
     codecs: dict[Name, CodecEntry] = Field(min_length=1)
     encode: EncodeParams = EncodeParams()
+    storage: StorageParams = StorageParams()
     tasks: dict[Name, TaskEntry] = Field(default_factory=dict)
     report: ReportParams
+    bit_maps: BitMapsParams = BitMapsParams()
 
     def codec(self, name: str) -> CodecEntry:
         if name not in self.codecs:
@@ -60,9 +71,23 @@ class Params(Section):
     def learned_codecs(self) -> list[str]:
         return [name for name, entry in self.codecs.items() if is_learned(entry)]
 
+    @property
+    def trained_codecs(self) -> list[str]:
+        """Codecs with a train@ stage: learned and scalable ones."""
+        return [name for name, entry in self.codecs.items() if is_trained(entry)]
+
+    def scalable(self, name: str) -> ScalableEntry:
+        entry = self.codec(name)
+        if not is_scalable(entry):
+            raise ParamsError(f"codec {name!r} is a {entry.family} codec, not a scalable one")
+        return entry
+
     def training(self, name: str) -> TrainParams:
-        """`train` with the overrides of codec `name`."""
-        overrides = self.learned(name).train.model_dump(exclude_none=True)
+        """`train` with the overrides of codec `name` (learned or scalable)."""
+        entry = self.codec(name)
+        if not is_trained(entry):
+            raise ParamsError(f"codec {name!r} is a {entry.family} codec: it is not trained")
+        overrides = entry.train.model_dump(exclude_none=True)
         return self.train.model_copy(update=overrides)
 
     def task(self, name: str) -> TaskEntry:
@@ -85,6 +110,10 @@ class Params(Section):
     def finetuned_codecs(self) -> list[str]:
         """Codecs some task is fine-tuned on: their encode@ codes `encode.train_split` too."""
         return list(dict.fromkeys(codec for codec, _ in self.finetuned()))
+
+    def bit_map_pairs(self) -> dict[str, tuple[str, str]]:
+        """`bitmaps@` stage keys (`<first>-vs-<second>`) and their codecs."""
+        return {f"{a}-vs-{b}": (a, b) for a, b in self.bit_maps.pairs}
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 
+from icmflow.pipeline.params.codecs import is_learned, is_scalable
 from icmflow.pipeline.params.consistency import Problem
 from icmflow.pipeline.params.project import Params, ParamsError
 
@@ -81,9 +82,42 @@ def task_problems(params: Params) -> list[Problem]:
     return problems
 
 
+def scalable_registry_problems(params: Params) -> list[Problem]:
+    """Scalable entries whose machine layer is not channel-sliced, whose m exceeds its
+    num_slices, or whose human-layer settings do not fit."""
+    from icmflow.codecs.architectures import image_architectures
+    from icmflow.codecs.scalable import human_layer_problem, is_channel_sliced, slice_count
+
+    problems: list[Problem] = []
+    for name, entry in params.codecs.items():
+        machine = params.codecs.get(getattr(entry, "machine", ""))
+        if not is_scalable(entry) or not is_learned(machine):
+            continue  # the machine's own entry problems are reported for it
+        key = f"codecs.{name}"
+        if machine.arch not in image_architectures() or not is_channel_sliced(machine.arch):
+            problems.append(
+                (
+                    f"{key}.machine",
+                    f"{entry.machine!r} has arch {machine.arch!r}, which is not channel-sliced: "
+                    "the machine layer needs TCM's slices (arch tcm)",
+                )
+            )
+            continue
+        if entry.mode == "dc" and entry.arch not in image_architectures():
+            problems.append((f"{key}.arch", f"unknown architecture {entry.arch!r}"))
+            continue
+        slices = slice_count(machine.arch, machine.model_args)
+        problem = human_layer_problem(entry.mode, entry.arch, entry.m, slices, entry.model_args)
+        if problem:
+            field = "m" if problem.startswith("m=") else "model_args"
+            problems.append((f"{key}.{field}", f"{problem} (machine {entry.machine!r})"))
+    return problems
+
+
 def check_registered(params: Params) -> None:
     """Raise a `ParamsError` listing every entry the registries refuse."""
     problems = registered_problems(params) + task_problems(params)
+    problems += scalable_registry_problems(params)
     if problems:
         lines = [f"  {key}: {message}" for key, message in problems]
         raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from icmflow.core.storage import check_url, is_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 """Names of datasets and codecs: DVC stage keys and params paths, which split on dots."""
@@ -77,9 +79,21 @@ class TrainParams(Section):
     lr_milestones: list[int] = Field(default_factory=list)
     seed: int = Field(0, description="initial weights and crop order")
     num_workers: int = Field(0, ge=0)
-    cache_images: bool = False
+    cache_images: bool | Literal["auto"] = Field(
+        "auto", description="keep decoded images and masks in memory; auto: if they fit in 2 GiB"
+    )
     device: str = "auto"
     channels_last: bool = Field(False, description="NHWC memory layout (faster convolutions)")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="bfloat16: the codec's transforms under autocast, likelihoods float32",
+    )
+    nproc: int = Field(
+        1,
+        gt=0,
+        description="processes training together under torchrun (one per GPU); "
+        "batch_size is the global batch, split over them",
+    )
     save_every: int = Field(500, gt=0)
 
 
@@ -108,6 +122,37 @@ class EncodeParams(Section):
     scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
     n_workers: int = Field(2, gt=0)
     images_per_task: int = Field(8, gt=0)
+
+
+class StorageParams(Section):
+    """Where `masks`, `edges` and `encode` build their stores: one place every dask worker,
+    on every machine, writes to. The finished stores are then copied into the project (the
+    DVC outputs, which downstream stages read)."""
+
+    root: str | None = Field(
+        None,
+        description="fsspec URL (s3://bucket/prefix, gs://…, file:///shared/folder); "
+        "null: this project's data/.work",
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _url(cls, root: str | None) -> str | None:
+        if root is not None and not is_url(root):
+            raise ValueError(
+                f"{root}: not a URL; write a shared folder as file:///absolute/path, a bucket "
+                "as s3://bucket/prefix (or null to build inside the project)"
+            )
+        return root if root is None else check_url(root)
+
+
+class BitMapsParams(Section):
+    """Bit-allocation maps (stage `bitmaps@<first>-vs-<second>`): pairs of learned codecs."""
+
+    pairs: list[tuple[str, str]] = Field(
+        default_factory=list, description="[first, second] learned codecs compared per image"
+    )
+    images: int = Field(4, gt=0, description="maps for the first images of encode.split")
 
 
 class ReportParams(Section):

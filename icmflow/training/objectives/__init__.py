@@ -3,7 +3,7 @@
 A new objective is a registered `Objective` subclass in a module imported here.
 """
 
-from icmflow.training.objectives import distortion
+from icmflow.training.objectives import auxiliary, distortion, scalable
 from icmflow.training.objectives.base import OBJECTIVES, Batch, Objective, rate_bpp
 
-__all__ = ["OBJECTIVES", "Batch", "Objective", "distortion", "rate_bpp"]
+__all__ = ["OBJECTIVES", "Batch", "Objective", "auxiliary", "distortion", "rate_bpp", "scalable"]

@@ -45,6 +45,9 @@ class Objective(nn.Module):
         super().__init__()
         self.lmbda = lmbda
 
+    def bind(self, model: nn.Module) -> None:
+        """Called once with the codec before training (e.g. to hook its layers); no-op here."""
+
     def forward(self, output: dict, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
