@@ -95,7 +95,8 @@ class TrainingCrops(Dataset):
     """Samples `{"x": 3×P×P image in [0, 1], <kind>: 1×P×P mask, ...}`: one random `patch_size`
     crop of an image and the same crop of its mask of every kind in `masks` (kind -> store).
 
-    Crop positions are drawn from torch's generator. Images smaller than the crop are mirror-padded first, image and masks alike.
+    Crop positions are drawn from torch's generator. Images smaller than the crop are
+    mirror-padded first, image and masks alike.
     With `cache`, every image and mask is decoded once, here (in threads), and stays in memory;
     DataLoader worker processes started later share those pages instead of each decoding its
     own copy.
