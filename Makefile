@@ -19,7 +19,7 @@ export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 endif
 export UV_INDEX_STRATEGY ?= unsafe-best-match
 
-.PHONY: install lock repro demo test lint bench clean
+.PHONY: install lock repro demo papers task-driven test lint bench clean
 
 install: $(STAMP)
 
@@ -50,8 +50,20 @@ demo: repro
 	@echo "Plots:     results/report/*.png   (or: dvc plots show)"
 	@cat results/report/rd.md
 
+# The papers' codecs (TCM, scalable coding) and the task-driven objectives: DVC projects of
+# their own (subrepos), too slow for the demo.
+papers: install
+	$(BIN)/icmflow --params papers/params.yaml pipeline
+	cd papers && $(CURDIR)/$(BIN)/dvc repro
+
+task-driven: install
+	$(BIN)/icmflow --params task-driven/params.yaml pipeline
+	cd task-driven && $(CURDIR)/$(BIN)/dvc repro
+
+# Two workers (pytest-xdist), one test file each at a time (module fixtures are built once), one
+# thread each: the suite's DVC runs and trainings are mostly single-threaded.
 test: install
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -64,3 +64,10 @@ def sample_masks(sample_prepared: dict, tmp_path_factory: pytest.TempPathFactory
 def codec():
     """An untrained codec, ready to code (its CDF tables built)."""
     return tiny_codec()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files holding `slow` tests first (stable order): with `make test`'s two workers the
+    long files start at once and the short ones fill in beside them."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

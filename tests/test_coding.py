@@ -20,6 +20,7 @@ from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.runtime.cluster import dask_client
+from icmflow.vision.tasks.offline import import_ultralytics
 from tests.helpers.builders import save_codec
 from tests.helpers.codecs import learned_spec, textured_image, tiny_codec
 from tests.helpers.project import REPO
@@ -86,6 +87,16 @@ def test_classical_codecs_decode_what_they_wrote(family):
     assert len(low.data) < len(coded.data)
     with pytest.raises(BitstreamError, match=f"x: not a decodable {family} file"):
         codec.decode(coded.data[: len(coded.data) // 3], source="x")
+
+
+@pytest.mark.parametrize("family", ["avif", "heif"])
+def test_truncated_files_stay_bitstream_errors_once_ultralytics_is_imported(family):
+    # ultralytics' PIL.Image.open would turn Pillow's "cannot identify" into a pi-heif install
+    import_ultralytics()
+    codec = CLASSICAL[family](family=family, quality=50).build()
+    data = codec.encode(textured_image(48, 80)).data
+    with pytest.raises(BitstreamError, match=f"x: not a decodable {family} file"):
+        codec.decode(data[: len(data) // 3], source="x")
 
 
 def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(

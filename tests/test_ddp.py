@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 import yaml
 from typer.testing import CliRunner
 
+from icmflow.codecs.checkpoint import load_codec
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
 from icmflow.runtime.distributed import torchrun_command
@@ -31,7 +32,10 @@ from icmflow.training.trainer import read_log
 from tests.helpers.ddp import deterministic_noise, train_process
 from tests.helpers.project import REPO
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads processes from /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="reads processes from /proc"),
+]
 
 CODEC = "meanscale-mse-1"
 BIN = Path(sys.executable).parent
@@ -136,6 +140,8 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(project, monkeypatc
     assert result.exit_code == 0, result.output
     alone = read_log(Paths().train_log(CODEC))
     weights = torch.load(Paths().checkpoint(CODEC), weights_only=False)["state_dict"]
+    alone_codec = project / "alone.pth.tar"
+    shutil.move(Paths().checkpoint(CODEC), alone_codec)
     shutil.rmtree(project / "models")
 
     write_params(project, nproc=2)
@@ -147,8 +153,22 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(project, monkeypatc
         for term in ("loss", "bpp", "mse", "aux_loss"):
             assert b[term] == pytest.approx(a[term], rel=1e-4), (term, a, b)
     shared = torch.load(Paths().checkpoint(CODEC), weights_only=False)["state_dict"]
+    # GDN's gammas sit at their lower bound, where compressai's LowerBound passes a gradient or
+    # not by its sign: a last-bit difference in the all-reduce's sum can move such an element by
+    # one Adam step. Those are compared by what the codec computes with them, below.
     for key, value in weights.items():
-        torch.testing.assert_close(shared[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        if not key.endswith(".gamma"):
+            torch.testing.assert_close(
+                shared[key], value, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}"
+            )
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outputs = [load_codec(path).eval()(x) for path in (alone_codec, Paths().checkpoint(CODEC))]
+    torch.testing.assert_close(outputs[1]["x_hat"], outputs[0]["x_hat"], rtol=1e-3, atol=1e-4)
+    for name, likelihoods in outputs[0]["likelihoods"].items():
+        torch.testing.assert_close(
+            outputs[1]["likelihoods"][name], likelihoods, rtol=1e-3, atol=1e-6
+        )
 
     writes = [json.loads((project / f"writes-{rank}.json").read_text()) for rank in (0, 1)]
     assert writes[1] == [], f"rank 1 wrote {writes[1]}"
@@ -161,6 +181,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(project, monkeypatc
 
 
 def test_killed_torchrun_training_resumes_on_every_process(project):
+    shutil.rmtree(project / "models", ignore_errors=True)
     write_params(project, nproc=2, steps=400, save_every=20)
     work = Paths(project).work("train", CODEC)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}

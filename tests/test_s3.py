@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -22,12 +23,14 @@ from icmflow.coding.coded_dataset import coded_split, encode_dataset, read_bytes
 from icmflow.core.errors import MissingInputError
 from icmflow.core.storage import check_url
 from icmflow.datasets.images import read_rgb
+from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.masks.build import build_object_masks, build_store
 from icmflow.masks.store import IncompleteStoreError, MaskStore, pack
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.params.sections import StorageParams
 from icmflow.pipeline.paths import Paths
 from icmflow.runtime.cluster import dask_client
+from icmflow.training.data import TrainingCrops
 from tests.helpers.project import REPO
 
 s3fs = pytest.importorskip("s3fs")
@@ -118,6 +121,25 @@ def test_masks_and_encode_on_a_local_cluster_write_to_the_bucket(
         s3.cat(f"{BUCKET}/cluster/coded/data.yaml") == (tmp_path / "coded/data.yaml").read_bytes()
     )
     assert not s3.exists(f"{BUCKET}/cluster/coded/_BUILDING")
+
+
+def test_training_crops_read_images_from_the_bucket(s3, sample_prepared, sample_masks, tmp_path):
+    val = sample_prepared["val"]
+    url = f"s3://{BUCKET}/images/val"
+    for image in val.images:
+        s3.put(str(val.image_path(image)), f"{url}/{image['file_name']}")
+    write_prepared(tmp_path / "val.json", val.data, image_root=url, final_dir=tmp_path)
+    remote = PreparedDataset.load(tmp_path / "val.json")
+    assert str(remote.image_path(val.images[0])) == f"{url}/{val.images[0]['file_name']}"
+    crops = [TrainingCrops(d, {"object": sample_masks["val"]}, 64) for d in (val, remote)]
+    for index in range(len(val.images)):
+        torch.manual_seed(index)
+        local = crops[0][index]
+        torch.manual_seed(index)
+        bucket = crops[1][index]
+        assert local.keys() == bucket.keys()
+        for key, value in local.items():
+            torch.testing.assert_close(bucket[key], value, rtol=0, atol=0)
 
 
 SLOW_MASKS = """

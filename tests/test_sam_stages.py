@@ -24,6 +24,8 @@ from tests.helpers.builders import box_union
 from tests.helpers.params import learned_entry
 from tests.helpers.project import REPO
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 

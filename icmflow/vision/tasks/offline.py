@@ -6,6 +6,11 @@ analytics) and a config dir of icmflow's own (its `settings.json`, with every lo
 integration off) before importing it, so import ultralytics only through it. Training turns off
 what would fetch assets: the AMP check (loads a hub model), plots (fetch a font) and dataloader
 worker processes.
+
+Importing ultralytics also replaces `PIL.Image.open` with one that, the first time Pillow cannot
+identify a file, installs and registers `pi-heif`. icmflow registers `pillow-heif` itself (the
+HEIF codec), so that path is switched off: an unidentifiable file (a truncated bitstream) stays
+Pillow's `UnidentifiedImageError` instead of a package install or a `ModuleNotFoundError`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def import_ultralytics(config_dir: Path | None = None) -> ModuleType:
     if "ultralytics" in sys.modules:
         if os.environ.get("YOLO_OFFLINE") != "1":
             log.warning("ultralytics was imported before icmflow set YOLO_OFFLINE=1")
+        _keep_pillow_plugins()
         return sys.modules["ultralytics"]
     config_dir = Path(config_dir or CONFIG_DIR)
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -49,4 +55,12 @@ def import_ultralytics(config_dir: Path | None = None) -> ModuleType:
 
     if any(SETTINGS.get(key) for key in _INTEGRATIONS_OFF):  # write only when they differ
         SETTINGS.update(_INTEGRATIONS_OFF)
+    _keep_pillow_plugins()
     return ultralytics
+
+
+def _keep_pillow_plugins() -> None:
+    """Switch off ultralytics' lazy pi-heif install in `PIL.Image.open` (module doc)."""
+    from ultralytics.utils import patches
+
+    patches._pil_plugins_registered = True
