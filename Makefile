@@ -26,7 +26,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) pip install --python $(BIN)/python -r $(LOCK)
+	$(UV) pip install --compile-bytecode --python $(BIN)/python -r $(LOCK)
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 

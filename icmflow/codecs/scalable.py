@@ -35,7 +35,6 @@ checkpoint (`save_checkpoint`), with the SHA-256 of the machine checkpoint it wa
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +46,7 @@ from torch import Tensor, nn
 
 from icmflow.codecs.architectures import architecture, create_model, model_args_problem
 from icmflow.codecs.checkpoint import load_codec, read_checkpoint, save_checkpoint
-from icmflow.codecs.tcm import STRIDE, TCM, _pad, ste_round
+from icmflow.codecs.tcm import TCM, _pad
 from icmflow.core.errors import CheckpointError
 from icmflow.core.resume import file_digest
 
@@ -71,38 +70,6 @@ def slice_count(arch: str, model_args: dict[str, Any]) -> int:
     return int(bound.arguments["num_slices"])
 
 
-def sliced_latent(model: TCM, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """ŷ, the synthesis transform's input, and the likelihoods of y and z, for x (any size:
-    padded as `TCM.forward` pads). In eval mode ŷ is what `compress` codes."""
-    y = model.g_a(_pad(x))
-    z = model.h_a(y)
-    _, z_likelihoods = model.entropy_bottleneck(z)
-    medians = model.entropy_bottleneck._get_medians()
-    y_slices, y_likelihoods = y.chunk(model.num_slices, dim=1), []
-
-    def code(i: int, mean: Tensor, scale: Tensor) -> Tensor:
-        y_likelihoods.append(model.gaussian_conditional(y_slices[i], scale, mean)[1])
-        return ste_round(y_slices[i] - mean) + mean
-
-    y_hat = model._decode_slices(ste_round(z - medians) + medians, code)
-    return y_hat, {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods}
-
-
-def sliced_latent_from_strings(
-    model: TCM, strings: Sequence[Sequence[bytes]], shape: Sequence[int]
-) -> Tensor:
-    """ŷ decoded from `model.compress`'s strings and shape (what `decompress` feeds g_s)."""
-    height, width = shape
-    z_size = (math.ceil(height / STRIDE), math.ceil(width / STRIDE))
-    z_hat = model.entropy_bottleneck.decompress(strings[-1], z_size)
-
-    def code(i: int, mean: Tensor, scale: Tensor) -> Tensor:
-        indexes = model.gaussian_conditional.build_indexes(scale)
-        return model.gaussian_conditional.decompress(strings[i], indexes, means=mean)
-
-    return model._decode_slices(z_hat, code)
-
-
 class AdditionalInformationCodec(TCM):
     """The fusion human layer: a TCM with `m` slices of `slice_channels` channels whose g_s
     decodes the fused latent of `fused_channels` (the machine's M) channels. Other keyword
@@ -124,7 +91,7 @@ class AdditionalInformationCodec(TCM):
         return torch.cat((y_machine[:, :channels] + y_additional, y_machine[:, channels:]), 1)
 
     def forward(self, x: Tensor, y_machine: Tensor) -> dict[str, Any]:  # type: ignore[override]
-        y_additional, likelihoods = sliced_latent(self, x)
+        y_additional, likelihoods = self.quantised_latent(x)
         x_hat = self.g_s(self.fuse(y_machine, y_additional))
         return {"x_hat": x_hat[..., : x.shape[-2], : x.shape[-1]], "likelihoods": likelihoods}
 
@@ -132,7 +99,7 @@ class AdditionalInformationCodec(TCM):
         self, strings: Sequence[Sequence[bytes]], shape: Sequence[int], y_machine: Tensor
     ) -> Tensor:
         """The human image (padded size, clamped) from this layer's strings and ŷ."""
-        y_additional = sliced_latent_from_strings(self, strings, shape)
+        y_additional = self.latent_from_strings(strings, shape)
         return self.g_s(self.fuse(y_machine, y_additional)).clamp_(0, 1)
 
 
@@ -174,7 +141,7 @@ class ScalableCodec(nn.Module):
     def _machine(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """ŷ, the 8-bit machine image x̃ (padded size) and the machine likelihoods."""
         with torch.no_grad():
-            y_hat, likelihoods = sliced_latent(self.machine, x)
+            y_hat, likelihoods = self.machine.quantised_latent(x)
             return y_hat, _to_8_bits(self.machine.g_s(y_hat)), likelihoods
 
     def forward(self, x: Tensor) -> dict[str, Any]:
@@ -199,7 +166,7 @@ class ScalableCodec(nn.Module):
         """The human layer's strings for x (padded to the machine's multiple), given the
         machine layer's strings, decoded here as the decoder will decode them."""
         if self.mode == "fusion":  # the encoder sees x only; ŷ is decoded for the check chain
-            sliced_latent_from_strings(self.machine, machine_strings, machine_shape)
+            self.machine.latent_from_strings(machine_strings, machine_shape)
             return self.human.compress(x)
         x_machine = self.decompress_machine(machine_strings, machine_shape)
         return self.human.compress((x - x_machine + 1) / 2)
@@ -207,7 +174,7 @@ class ScalableCodec(nn.Module):
     def decompress_machine(
         self, machine_strings: Sequence[Sequence[bytes]], machine_shape: Sequence[int]
     ) -> Tensor:
-        y_hat = sliced_latent_from_strings(self.machine, machine_strings, machine_shape)
+        y_hat = self.machine.latent_from_strings(machine_strings, machine_shape)
         return _to_8_bits(self.machine.g_s(y_hat))
 
     def decompress_human(
@@ -219,7 +186,7 @@ class ScalableCodec(nn.Module):
     ) -> Tensor:
         """The human image (padded size, in [0, 1]) from both layers' strings."""
         if self.mode == "fusion":
-            y_hat = sliced_latent_from_strings(self.machine, machine_strings, machine_shape)
+            y_hat = self.machine.latent_from_strings(machine_strings, machine_shape)
             return self.human.decompress_fused(strings, shape, y_hat)
         x_machine = self.decompress_machine(machine_strings, machine_shape)
         residual = self.human.decompress(strings, shape)["x_hat"]

@@ -337,8 +337,9 @@ class TCM(CompressionModel):
             y_hat_slices.append(y_hat_slice + 0.5 * torch.tanh(lrp))
         return torch.cat(y_hat_slices, dim=1)
 
-    def forward(self, x: Tensor) -> dict[str, Any]:
-        height, width = x.shape[-2:]
+    def quantised_latent(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """ŷ, the synthesis transform's input, and the likelihoods of y and z, for x (any size:
+        padded to whole windows). In eval mode ŷ is what `compress` codes."""
         y = self.g_a(_pad(x))
         z = self.h_a(y)
         _, z_likelihoods = self.entropy_bottleneck(z)
@@ -350,10 +351,12 @@ class TCM(CompressionModel):
             return ste_round(y_slices[i] - mean) + mean
 
         y_hat = self._decode_slices(ste_round(z - medians) + medians, code)
-        return {
-            "x_hat": self.g_s(y_hat)[..., :height, :width],
-            "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
-        }
+        return y_hat, {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods}
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        height, width = x.shape[-2:]
+        y_hat, likelihoods = self.quantised_latent(x)
+        return {"x_hat": self.g_s(y_hat)[..., :height, :width], "likelihoods": likelihoods}
 
     def compress(self, x: Tensor) -> dict[str, Any]:
         y = self.g_a(_pad(x))
@@ -369,9 +372,10 @@ class TCM(CompressionModel):
         self._decode_slices(self.entropy_bottleneck.decompress(z_strings, z.shape[-2:]), code)
         return {"strings": [*y_strings, z_strings], "shape": x.shape[-2:]}
 
-    def decompress(
+    def latent_from_strings(
         self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]
-    ) -> dict[str, Tensor]:
+    ) -> Tensor:
+        """ŷ decoded from `compress`'s strings and shape (what `decompress` feeds g_s)."""
         height, width = shape
         z_size = (math.ceil(height / STRIDE), math.ceil(width / STRIDE))
         z_hat = self.entropy_bottleneck.decompress(strings[-1], z_size)
@@ -380,7 +384,13 @@ class TCM(CompressionModel):
             indexes = self.gaussian_conditional.build_indexes(scale)
             return self.gaussian_conditional.decompress(strings[i], indexes, means=mean)
 
-        x_hat = self.g_s(self._decode_slices(z_hat, code)).clamp_(0, 1)
+        return self._decode_slices(z_hat, code)
+
+    def decompress(
+        self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]
+    ) -> dict[str, Tensor]:
+        height, width = shape
+        x_hat = self.g_s(self.latent_from_strings(strings, shape)).clamp_(0, 1)
         return {"x_hat": x_hat[..., :height, :width]}
 
     @classmethod

@@ -25,10 +25,15 @@ COLUMNS = (
 )
 
 
+def _rows(metrics: Sequence[dict], columns: Sequence[str], rate: str) -> list[dict]:
+    """`columns` of every codec's metrics, sorted by series then `rate`."""
+    rows = [{column: m[column] for column in columns} for m in metrics]
+    return sorted(rows, key=lambda r: (r["series"], r[rate]))
+
+
 def rd_table(metrics: Sequence[dict]) -> list[dict]:
     """One row per codec, sorted by series then bpp."""
-    rows = [{column: m[column] for column in COLUMNS} for m in metrics]
-    return sorted(rows, key=lambda r: (r["series"], r["bpp"]))
+    return _rows(metrics, COLUMNS, "bpp")
 
 
 def _cell(value: object) -> str:
@@ -95,8 +100,7 @@ SCALABLE_COLUMNS = (
 
 def scalable_table(metrics: Sequence[dict]) -> list[dict]:
     """One row per scalable codec, by series then additional bpp."""
-    rows = [{column: m[column] for column in SCALABLE_COLUMNS} for m in metrics]
-    return sorted(rows, key=lambda r: (r["series"], r["additional_bpp"]))
+    return _rows(metrics, SCALABLE_COLUMNS, "additional_bpp")
 
 
 def parameters_table(rows: Sequence[dict]) -> str:

@@ -6,6 +6,10 @@ part of each batch; rank 0 alone prepares the work folder and writes the outputs
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from icmflow.codecs.architectures import create_model
 from icmflow.codecs.checkpoint import save_checkpoint
 from icmflow.core.files import replace
@@ -59,20 +63,16 @@ def run(params: Params, paths: Paths, name: str) -> None:
         for kind in objective_cls.mask_kinds
     }
     arguments, digests = objective_args(params, paths, name)
-    work = WorkDir(
-        paths.work("train", name),
-        fingerprint(
-            entry.model_dump(),
-            options.model_dump(),
-            file_digest(dataset.path),
-            {kind: store_attrs(path)["fingerprint"] for kind, path in masks.items()},
-            digests,
-        ),
+    work = _work(
+        paths,
+        name,
+        entry,
+        options,
+        dataset,
+        {kind: store_attrs(path)["fingerprint"] for kind, path in masks.items()},
+        digests,
     )
-    with process_group(resolve_device(options.device)) as group:  # alone without torchrun
-        if group.main and not work.resume():
-            work.seal()
-        group.barrier()  # the work folder is ready: every process may read its state
+    with _training_group(work, options) as group:
         model = create_model(entry.arch, seed=options.seed, **entry.model_args)
         objective = objective_cls(lmbda=entry.lmbda, **arguments)
         objective.bind(model)
@@ -100,19 +100,8 @@ def _run_scalable(params: Params, paths: Paths, name: str) -> None:
     entry, options = params.scalable(name), params.training(name)
     machine_checkpoint = paths.checkpoint(entry.machine)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
-    work = WorkDir(
-        paths.work("train", name),
-        fingerprint(
-            entry.model_dump(),
-            options.model_dump(),
-            file_digest(dataset.path),
-            file_digest(machine_checkpoint),
-        ),
-    )
-    with process_group(resolve_device(options.device)) as group:
-        if group.main and not work.resume():
-            work.seal()
-        group.barrier()
+    work = _work(paths, name, entry, options, dataset, file_digest(machine_checkpoint))
+    with _training_group(work, options) as group:
         model = build_scalable(
             load_codec(machine_checkpoint),
             entry.mode,
@@ -131,20 +120,51 @@ def _run_scalable(params: Params, paths: Paths, name: str) -> None:
             group=group,
         )
     if group.main:
-        model = result.model.cpu()
-        model.update(force=True)
-        save_scalable(
-            paths.checkpoint(name),
-            model,
-            machine_checkpoint,
-            step=options.steps,
-            loss=result.last["loss"],
-            optimizer=result.optimizer,
-            aux_optimizer=result.aux_optimizer,
-            extra={"objective": entry.objective, "lambda": entry.lmbda, "final": result.last},
-        )
+        model, fields = _trained(result, entry, options)
+        save_scalable(paths.checkpoint(name), model, machine_checkpoint, **fields)
         _write_log(paths, name, entry, options)
         work.discard()
+
+
+def _work(
+    paths: Paths,
+    name: str,
+    entry: CodecEntry,
+    options: TrainParams,
+    dataset: PreparedDataset,
+    *inputs: object,
+) -> WorkDir:
+    """The work folder of codec `name`'s training, for these settings, data and other inputs
+    (a rerun with any of them changed starts afresh)."""
+    return WorkDir(
+        paths.work("train", name),
+        fingerprint(entry.model_dump(), options.model_dump(), file_digest(dataset.path), *inputs),
+    )
+
+
+@contextmanager
+def _training_group(work: WorkDir, options: TrainParams) -> Iterator[Group]:
+    """This process's training group (alone without torchrun), once rank 0 has readied the
+    work folder (resumed or new): every process may then read its state."""
+    with process_group(resolve_device(options.device)) as group:
+        if group.main and not work.resume():
+            work.seal()
+        group.barrier()
+        yield group
+
+
+def _trained(result: TrainResult, entry: CodecEntry, options: TrainParams) -> tuple[Any, dict]:
+    """The trained model, updated (`update(force=True)`: its CDF tables), and the checkpoint
+    fields of its training."""
+    model = result.model.cpu()
+    model.update(force=True)
+    return model, {
+        "step": options.steps,
+        "loss": result.last["loss"],
+        "optimizer": result.optimizer,
+        "aux_optimizer": result.aux_optimizer,
+        "extra": {"objective": entry.objective, "lambda": entry.lmbda, "final": result.last},
+    }
 
 
 def _cache(options: TrainParams, dataset: PreparedDataset, masks: dict) -> bool:
@@ -174,18 +194,9 @@ def _save(
     paths: Paths, name: str, entry: LearnedEntry, options: TrainParams, result: TrainResult
 ) -> None:
     """The checkpoint (after `update(force=True)`), the log and its plot, the provenance."""
-    model = result.model.cpu()
-    model.update(force=True)
+    model, fields = _trained(result, entry, options)
     save_checkpoint(
-        paths.checkpoint(name),
-        model,
-        arch=entry.arch,
-        model_args=entry.model_args,
-        step=options.steps,
-        loss=result.last["loss"],
-        optimizer=result.optimizer,
-        aux_optimizer=result.aux_optimizer,
-        extra={"objective": entry.objective, "lambda": entry.lmbda, "final": result.last},
+        paths.checkpoint(name), model, arch=entry.arch, model_args=entry.model_args, **fields
     )
     _write_log(paths, name, entry, options)
 
