@@ -39,7 +39,7 @@ from icmflow.datasets.images import read_header
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.pipeline.params import TrainParams
 from icmflow.runtime.devices import resolve_device
-from icmflow.training.data import TrainingCrops
+from icmflow.training.data import TrainingCrops, fits_in_memory
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.trainer import TrainSettings, train_codec
 
@@ -110,7 +110,10 @@ def icmflow_run(model, dataset: PreparedDataset, args, device: torch.device, out
         precision=kw.get("precision", defaults.precision),
         save_every=args.steps + 1,
     )
-    crops = TrainingCrops(dataset, {}, args.patch, cache=defaults.cache_images)
+    cache = defaults.cache_images
+    crops = TrainingCrops(
+        dataset, {}, args.patch, cache=fits_in_memory(dataset, 0) if cache == "auto" else cache
+    )
     train_codec(model, OBJECTIVES["mse"](lmbda=args.lmbda), crops, settings, log_path=out)
 
 
