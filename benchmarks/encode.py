@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from icmflow.codecs.architectures import create_model
-from icmflow.codecs.checkpoint import save_checkpoint
+from icmflow.codecs.checkpoint import save_untrained
 from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.coding.learned import LearnedCodecSpec, to_tensor, to_uint8
 from icmflow.core.resume import file_digest
@@ -108,19 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkpoint = tmp / "codec.pth.tar"
-        optimizer = torch.optim.Adam(model.parameters())
-        model_args = {"N": args.N, "M": args.M}
-        save_checkpoint(
-            checkpoint,
-            model,
-            arch=args.arch,
-            model_args=model_args,
-            step=0,
-            loss=0.0,
-            optimizer=optimizer,
-            aux_optimizer=optimizer,
-            extra={},
-        )
+        save_untrained(checkpoint, model, arch=args.arch, model_args={"N": args.N, "M": args.M})
         spec = LearnedCodecSpec(str(checkpoint), file_digest(checkpoint), args.device)
         split = dataset_of(files, tmp / "source")
 

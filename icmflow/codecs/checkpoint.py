@@ -46,6 +46,26 @@ def save_checkpoint(
     tmp.replace(path)
 
 
+def save_untrained(
+    path: Path, model: CompressionModel, *, arch: str, model_args: dict[str, Any]
+) -> Path:
+    """Save a codec that was never trained (random weights, for tests and benchmarks) in the
+    same layout, with empty optimiser states: call `model.update(force=True)` before this."""
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(
+        path,
+        model,
+        arch=arch,
+        model_args=model_args,
+        step=0,
+        loss=0.0,
+        optimizer=optimizer,
+        aux_optimizer=optimizer,
+        extra={},
+    )
+    return path
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train the codec first")

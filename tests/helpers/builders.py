@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from pycocotools.coco import COCO
 
 from icmflow.codecs.architectures import create_model
-from icmflow.codecs.checkpoint import save_checkpoint
+from icmflow.codecs.checkpoint import save_untrained
 from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
@@ -21,19 +20,7 @@ from icmflow.training.trainer import TrainResult, TrainSettings, train_codec
 
 def save_codec(model, path: Path, model_args: dict, arch: str = "bmshj2018-hyperprior") -> Path:
     """Save a (tiny) codec as the train stage does, without optimiser history."""
-    optimizer = torch.optim.Adam(model.parameters())
-    save_checkpoint(
-        path,
-        model,
-        arch=arch,
-        model_args=model_args,
-        step=0,
-        loss=0.0,
-        optimizer=optimizer,
-        aux_optimizer=optimizer,
-        extra={},
-    )
-    return path
+    return save_untrained(path, model, arch=arch, model_args=model_args)
 
 
 def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
