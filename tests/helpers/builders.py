@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
 
 from icmflow.codecs.architectures import create_model
-from icmflow.codecs.checkpoint import save_untrained
+from icmflow.codecs.checkpoint import read_checkpoint, save_untrained
 from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.masks.build import build_object_masks
+from icmflow.masks.store import MaskStore
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.trainer import TrainResult, TrainSettings, train_codec
@@ -20,11 +22,17 @@ from icmflow.training.trainer import TrainResult, TrainSettings, train_codec
 
 def save_codec(model, path: Path, model_args: dict, arch: str = "bmshj2018-hyperprior") -> Path:
     """Save a (tiny) codec as the train stage does, without optimiser history."""
-    return save_untrained(path, model, arch=arch, model_args=model_args)
+    save_untrained(path, model, arch=arch, model_args=model_args)
+    saved = read_checkpoint(path)
+    assert (
+        saved["icmflow"]["arch"] == arch and saved["state_dict"].keys() == model.state_dict().keys()
+    )
+    return path
 
 
 def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):
-    return build_object_masks(
+    """The object mask store of `dataset` at `out`; it lists every image of the dataset."""
+    store = build_object_masks(
         dataset,
         out,
         work=out.with_name(out.name + ".work"),
@@ -33,13 +41,17 @@ def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="v
         images_per_shard=per_shard,
         client=client,
     )
+    assert MaskStore(store).image_ids == [image["id"] for image in dataset["images"]], store
+    return store
 
 
 def prepare_split(tmp: Path, annotations: Path, images: Path, name: str) -> PreparedDataset:
     prepared = prepare_coco(annotations, images, ProblemLog("raise"), workers=2)
     path = tmp / f"{name}.json"
     write_prepared(path, prepared, image_root=images, final_dir=tmp)
-    return PreparedDataset.load(path)
+    loaded = PreparedDataset.load(path)
+    assert loaded.images == prepared["images"] and loaded.image_root == images.resolve()
+    return loaded
 
 
 def tiny_training(
@@ -54,7 +66,7 @@ def tiny_training(
     settings = dict(steps=4, batch_size=2, lr=1e-3, aux_lr=1e-3, save_every=500)
     settings.update(overrides)
     objective = OBJECTIVES["object" if masks is not None else "mse"](lmbda=0.05)
-    return train_codec(
+    result = train_codec(
         create_model("bmshj2018-hyperprior", seed=0, N=8, M=8),
         objective,
         TrainingCrops(dataset, {"object": masks} if masks is not None else {}, 64),
@@ -62,6 +74,8 @@ def tiny_training(
         log_path=tmp_path / "log.csv",
         state_path=state_path,
     )
+    assert math.isfinite(result.last["loss"]), result.last
+    return result
 
 
 def box_union(coco: COCO, image_id: int, include_crowd: bool) -> np.ndarray:
@@ -76,4 +90,5 @@ def box_union(coco: COCO, image_id: int, include_crowd: bool) -> np.ndarray:
         x, y, w, h = ann["bbox"]
         ys, xs = np.arange(info["height"]) + 0.5, np.arange(info["width"]) + 0.5
         union |= ((ys >= y) & (ys < y + h))[:, None] & ((xs >= x) & (xs < x + w))[None, :]
+    assert union.shape == (info["height"], info["width"])
     return union

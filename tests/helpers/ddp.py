@@ -30,6 +30,7 @@ def deterministic_noise():
         yield
     finally:
         EntropyModel.quantize = ORIGINAL_QUANTIZE
+    assert EntropyModel.quantize is ORIGINAL_QUANTIZE
 
 
 def record_writes(root: Path) -> list[str]:
@@ -74,4 +75,7 @@ def train_process(rank: int, world: int, port: int, project: str, codec: str) ->
     with deterministic_noise():
         train.run(params, Paths(), codec)
     record = list(written)
+    assert params.training(codec).nproc == world, "the params do not train on this group"
+    if rank == 0:  # the one writer: its outputs are there when it returns
+        assert Paths().checkpoint(codec).is_file() and Paths().train_log(codec).is_file()
     Path(project, f"writes-{rank}.json").write_text(json.dumps(record))
