@@ -24,9 +24,10 @@ import yaml
 from typer.testing import CliRunner
 
 from icmflow.codecs.checkpoint import load_codec
+from icmflow.core.errors import IcmflowError
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
-from icmflow.runtime.distributed import torchrun_command
+from icmflow.runtime.distributed import local_device, torchrun_command
 from icmflow.training.data import StreamSampler
 from icmflow.training.trainer import read_log
 from tests.helpers.ddp import deterministic_noise, train_process
@@ -224,3 +225,10 @@ def test_the_launch_is_torchrun_of_the_same_command():
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=4" in command and "--standalone" in command
     assert command[-6:] == ["-m", "icmflow", "--params", "p.yaml", "train", "c"]
+
+
+def test_each_process_takes_its_own_gpu_and_more_processes_than_gpus_is_an_error():
+    assert local_device(torch.device("cuda"), 1, visible=2) == torch.device("cuda", 1)
+    assert local_device(torch.device("cpu"), 3, visible=0) == torch.device("cpu")
+    with pytest.raises(IcmflowError, match=r"set train\.nproc to at most 2"):
+        local_device(torch.device("cuda"), 2, visible=2)

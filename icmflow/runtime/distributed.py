@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from icmflow.core.errors import IcmflowError
+
 log = logging.getLogger(__name__)
 
 
@@ -80,9 +82,16 @@ class Group:
             dist.barrier()
 
 
-def _device(device: torch.device, local_rank: int) -> torch.device:
+def local_device(device: torch.device, local_rank: int, visible: int | None = None) -> torch.device:
+    """This process's device: GPU `local_rank` on CUDA (of `visible` GPUs: all CUDA sees)."""
     if device.type != "cuda":
         return device
+    visible = torch.cuda.device_count() if visible is None else visible
+    if local_rank >= visible:
+        raise IcmflowError(
+            f"training process {local_rank} has no GPU: {visible} visible; set train.nproc "
+            f"to at most {visible} (or CUDA_VISIBLE_DEVICES to more GPUs)"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -96,7 +105,7 @@ def process_group(device: torch.device) -> Iterator[Group]:
         yield Group(device=device)
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(device, local_rank)
+    device = local_device(device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
