@@ -14,6 +14,7 @@ from icmflow.training.trainer import TrainSettings, train_codec
 from icmflow.vision.tasks.base import TaskModelSpec
 from icmflow.vision.tasks.differentiable import RcnnTaskLoss, YoloTaskLoss, load_task_loss
 from icmflow.vision.tasks.offline import import_ultralytics
+from tests.helpers.builders import random_task_weights
 from tests.helpers.codecs import textured_image, to_batch
 
 TINY_BRANCH = {"branch_widths": (16, 16, 16, 16, 32), "branch_groups": 8}
@@ -42,17 +43,13 @@ def yolo() -> YoloTaskLoss:
 
 @pytest.fixture(scope="module")
 def rcnn(tmp_path_factory) -> RcnnTaskLoss:
-    from icmflow.vision.tasks.torchvision_backend import build
-
     spec = TaskModelSpec(
         kind="detection",
         weights=tmp_path_factory.mktemp("rcnn") / "weights.pt",
         input_size=64,
         options={"arch": "fasterrcnn_mobilenet_v3_large_fpn", "num_classes": 3, "conf": 0.0},
     )
-    torch.manual_seed(0)
-    torch.save(build(spec).state_dict(), spec.weights)
-    return load_task_loss("torchvision", spec, conf=0.0)
+    return load_task_loss("torchvision", random_task_weights(spec), conf=0.0)
 
 
 def codec():
@@ -179,17 +176,13 @@ def test_the_task_of_an_objective_must_be_a_task_entry(tmp_path):
 
 
 def test_a_deeplab_segmentation_loss_trains_eq_6_and_stays_frozen(tmp_path):
-    from icmflow.vision.tasks.torchvision_backend import build
-
     spec = TaskModelSpec(
         kind="semantic_segmentation",
         weights=tmp_path / "deeplab.pt",
         input_size=64,
         options={"arch": "deeplabv3_mobilenet_v3_large", "num_classes": 3},
     )
-    torch.manual_seed(0)
-    torch.save(build(spec).state_dict(), spec.weights)
-    task = load_task_loss("torchvision", spec)
+    task = load_task_loss("torchvision", random_task_weights(spec))
     x = torch.cat([Images()[i]["x"][None] for i in range(2)])
     targets = task.targets(x)
     assert targets.shape == (2, 64, 64) and torch.equal(task(x, targets), task(x, targets))

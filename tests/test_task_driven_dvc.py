@@ -1,14 +1,24 @@
 """task-driven/params.yaml through `icmflow pipeline` + `dvc repro` at tiny size: task-loss and
-auxiliary-loss codecs trained through the project's own YOLO, scored, mapped and reported."""
+auxiliary-loss codecs trained through the project's own YOLO, a compressed-domain codec with a
+branch for the project's own DeepLabV3, scored (the latter from its machine bitstreams), mapped
+and reported."""
 
 from __future__ import annotations
 
 import csv
+import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from icmflow.coding.machine import machine_files
+from icmflow.datasets.prepared import PreparedDataset
+from icmflow.pipeline.params import load_params
+from icmflow.pipeline.paths import Paths
+from icmflow.pipeline.tasks import machine_codec
+from icmflow.tasks.predictions import read_label_png
 from tests.helpers.dvc import copy_project, ran_stages, run
 from tests.helpers.project import REPO
 
@@ -24,20 +34,23 @@ def project(tmp_path_factory):
     params["masks"].update(images_per_shard=2, n_workers=1)
     params["encode"].update(n_workers=1)
     params["train"].update(steps=2, batch_size=2)
-    keep = {"task-2", "aux-2", "jpeg-q10"}  # aux-loss-image: tests/test_auxiliary.py
+    keep = {"task-2", "aux-2", "cd-2"}  # aux-loss-image: tests/test_auxiliary.py
     params["codecs"] = {k: v for k, v in params["codecs"].items() if k in keep}
+    params["report"]["anchors"] = ["bmshj2018-hyperprior-task-loss"]
     for entry in params["codecs"].values():
         entry.get("model_args", {}).update(N=8, M=8)
         if entry.get("objective", "").startswith("aux-loss"):
             entry["objective_args"].update(BRANCH)
-    params["tasks"]["yolo-shapes"].update(input_size=64)
-    params["tasks"]["yolo-shapes"]["train"].update(epochs=1)
+    params["codecs"]["cd-2"]["train"].update(patch_size=64)
+    for task in params["tasks"].values():
+        task.update(input_size=64)
+        task["train"].update(epochs=1)
     params["bit_maps"]["images"] = 1
     project = root / "task-driven"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["icmflow", "--params", "task-driven/params.yaml", "pipeline"], root)
     ran = ran_stages(run(["dvc", "repro"], project, pythonpath=root).stdout)
-    assert {"train@aux-2", "train@task-2", "bitmaps@task-2-vs-aux-2", "report"} <= ran
+    assert {"train@aux-2", "train@task-2", "train@cd-2", "bitmaps@task-2-vs-aux-2", "report"} <= ran
     return project
 
 
@@ -61,3 +74,33 @@ def test_the_report_has_their_accuracy_and_links_the_bit_maps(project):
     assert "../bitmaps/task-2-vs-aux-2/index.md" in links
     maps = project / "results" / "bitmaps" / "task-2-vs-aux-2"
     assert {p.name for p in maps.iterdir()} >= {"task-2", "aux-2", "difference", "index.md"}
+
+
+def test_the_compressed_domain_codec_is_scored_from_its_machine_bitstreams(project):
+    record = torch.load(project / "models" / "cd-2" / "checkpoint.pth.tar", weights_only=False)
+    assert record["icmflow"]["objective"] == "compressed-domain"
+    branch = record["icmflow"]["task_branch"]
+    assert any(k.startswith("gate.") for k in branch) and any(k.startswith("tail.") for k in branch)
+    files = machine_files(project / "data" / "coded" / "cd-2", "val")
+    assert len(files) == 2 and all(f.path.stat().st_size == f.bytes for f in files)
+    bits, pixels = 8 * sum(f.bytes for f in files), sum(f.pixels for f in files)
+    accuracy = json.loads(
+        (project / "results" / "tasks" / "cd-2-deeplab-shapes" / "accuracy.json").read_text()
+    )
+    assert accuracy["bpp"] == pytest.approx(bits / pixels) and accuracy["miou"] is not None
+    with (project / "results" / "report" / "accuracy_deeplab-shapes.csv").open() as handle:
+        rows = {row["codec"]: row for row in csv.DictReader(handle)}
+    assert float(rows["cd-2"]["bpp"]) == pytest.approx(bits / pixels)
+    assert rows["cd-2"]["setting"].endswith("machine")
+    # the predictions scored are what the machine bitstream decodes to, with no image
+    params, paths = load_params(project / "params.yaml"), Paths(project)
+    codec = machine_codec(params, paths, "cd-2")
+    image = next(i for i in PreparedDataset.load(paths.prepared_split("sample", "val")).images)
+    first = next(f for f in files if f.image_id == image["id"])
+    predicted = codec.decode(first.path.read_bytes())
+    assert predicted.shape == (image["height"], image["width"])
+    out = project / "results" / "tasks" / "cd-2-deeplab-shapes" / "labels"
+    # model classes 1-3 are categories 1-3 (matched by name), 0 background in both
+    np.testing.assert_array_equal(read_label_png(out, image["file_name"]), predicted)
+    upstream = run(["dvc", "dag", "--outs", "infer@cd-2-deeplab-shapes"], project).stdout
+    assert "models/cd-2/checkpoint.pth.tar" in upstream

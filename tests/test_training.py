@@ -5,7 +5,7 @@ from compressai.losses import RateDistortionLoss as CompressAILoss
 from compressai.models import ScaleHyperprior
 
 from icmflow.codecs.architectures import create_model
-from icmflow.codecs.checkpoint import load_codec, save_checkpoint
+from icmflow.codecs.checkpoint import load_codec
 from icmflow.coding.learned import LearnedCodec
 from icmflow.core.errors import UnknownNameError
 from icmflow.datasets.images import read_rgb, write_png
@@ -15,7 +15,7 @@ from icmflow.masks.store import pack
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES, Objective, rate_bpp
 from icmflow.training.trainer import TrainSettings, configure_optimizers, read_log, train_codec
-from tests.helpers.builders import tiny_training
+from tests.helpers.builders import save_trained, tiny_training
 
 
 def fake_output(n=2, h=16, w=16, seed=0):
@@ -144,20 +144,7 @@ def test_checkpoint_moves_to_compressai_with_identical_bitstreams(
     sample_prepared, sample_masks, tmp_path
 ):
     result = tiny_training(sample_prepared["train"], sample_masks["train"], tmp_path)
-    model = result.model
-    model.update(force=True)
-    path = tmp_path / "checkpoint.pth.tar"
-    save_checkpoint(
-        path,
-        model,
-        arch="bmshj2018-hyperprior",
-        model_args={"N": 8, "M": 8},
-        step=4,
-        loss=result.last["loss"],
-        optimizer=result.optimizer,
-        aux_optimizer=result.aux_optimizer,
-        extra={},
-    )
+    path = save_trained(result, tmp_path / "checkpoint.pth.tar", {"N": 8, "M": 8}, step=4)
     lines = (tmp_path / "log.csv").read_text().splitlines()
     assert lines[0] == "step,loss,bpp,masked_mse,aux_loss,lr" and len(lines) == 5
     record = torch.load(path, weights_only=False)

@@ -45,6 +45,10 @@ from icmflow.vision.tasks.torchvision_backend import IMAGENET_MEAN, IMAGENET_STD
 
 STEM = ("conv1", "bn1", "relu", "maxpool")
 """The ResNet layers the transform module replaces."""
+TASK_BRANCH = "task_branch"
+"""The key of a trained branch's state dict in its codec checkpoint's `icmflow` entry."""
+LATENT_STRIDE = 16
+"""Image pixels per latent position of a bmshj2018 hyperprior, each way."""
 
 
 class ChannelGate(nn.Module):
@@ -168,6 +172,21 @@ class DetectionTail(TaskTail):
         return {"detections": detections}
 
 
+def task_tail(network: nn.Module) -> TaskTail:
+    """The tail of a torchvision DeepLabV3 or Faster R-CNN on a ResNet backbone."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.segmentation import DeepLabV3
+
+    if isinstance(network, DeepLabV3):
+        return SegmentationTail(network)
+    if isinstance(network, FasterRCNN):
+        return DetectionTail(network)
+    raise ValueError(
+        f"a {type(network).__name__} has no compressed-domain tail: the task network is a "
+        "torchvision DeepLabV3 or Faster R-CNN on a ResNet"
+    )
+
+
 class TaskBranch(nn.Module):
     def __init__(self, latent_channels: int, tail: TaskTail):
         super().__init__()
@@ -225,8 +244,11 @@ class CompressedDomainCodec(nn.Module):
         return list(self.branches[task].parameters())
 
     @torch.no_grad()
-    def compress_machine(self, x: torch.Tensor, task: str) -> MachineCoded:
-        """One image's machine bitstream for `task`: ẑ, the selected channels of ŷ, the gate."""
+    def compress_machine(
+        self, x: torch.Tensor, task: str, image_size: tuple[int, int] | None = None
+    ) -> MachineCoded:
+        """One image's machine bitstream for `task`: ẑ, the selected channels of ŷ, the gate.
+        `image_size`: the image's (H, W) before `x` was padded (default: `x`'s)."""
         if x.shape[0] != 1:
             raise ValueError("compress_machine codes one image at a time")
         codec, branch = self.codec, self.branches[task]
@@ -241,9 +263,10 @@ class CompressedDomainCodec(nn.Module):
             indexes = codec.gaussian_conditional.build_indexes(scales[:, keep])
             y_strings = codec.gaussian_conditional.compress(y[:, keep], indexes)
         gate_bits = np.packbits(keep.cpu().numpy()).tobytes()
+        height, width = image_size or tuple(x.shape[-2:])
         stream = Bitstream(
-            x.shape[-2],
-            x.shape[-1],
+            height,
+            width,
             tuple(z.shape[-2:]),
             (z_strings[0], y_strings[0], gate_bits),
             recorder.value,
@@ -253,7 +276,8 @@ class CompressedDomainCodec(nn.Module):
 
     @torch.no_grad()
     def decompress_machine(self, data: bytes, task: str) -> dict:
-        """The task's prediction (the tail's eval output) from its machine bitstream alone."""
+        """The task's prediction (the tail's eval output) from its machine bitstream alone, at
+        the size of the image `compress_machine` coded (the caller crops its padding)."""
         stream = unpack(data)
         codec, branch = self.codec, self.branches[task]
         z_string, y_string, gate_bits = stream.strings
@@ -274,7 +298,7 @@ class CompressedDomainCodec(nn.Module):
         y_hat = scales.new_zeros(scales.shape)
         y_hat[:, keep] = selected
         features = branch.transform(y_hat)
-        return branch.tail(features, (stream.height, stream.width))
+        return branch.tail(features, tuple(LATENT_STRIDE * d for d in y_hat.shape[-2:]))
 
 
 def machine_bpp(output: dict, x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import yaml
 
 from icmflow.evaluation.accuracy import HEADLINES
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
-from icmflow.pipeline.params import Params, is_scalable, is_trained
+from icmflow.pipeline.params import Params, is_compressed_domain, is_scalable, is_trained
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
@@ -241,6 +241,8 @@ class _Builder:
             own_input = [str(paths.checkpoint(name))] if is_trained(entry) else []
             if is_scalable(entry):
                 own_input.append(self.layer(entry.machine))
+            if is_compressed_domain(entry):  # its machine bitstreams need the task network
+                own_input += self.task_weights(entry.machine_task)
             own_keys = [f"codecs.{name}.family"] if is_trained(entry) else self.entry_keys(name)
             if name in p.finetuned_codecs:  # codes the training split too
                 own_keys += self.keys("encode.train_split")
@@ -316,10 +318,15 @@ class _Builder:
         inside = (self.root / weights).resolve().is_relative_to(self.root.resolve())
         return [weights] if inside and not Path(weights).is_absolute() else []
 
-    def source_data(self, source: str) -> str:
+    def source_data(self, source: str, task: str) -> list[str]:
+        """What infer@<source>-<task> reads besides the task's weights: the images, or a
+        compressed-domain codec's machine bitstreams and the checkpoint that decodes them."""
         if source == ORIGINAL:
-            return str(self.paths.prepared(self.params.encode.dataset))
-        return str(self.paths.coded(source))
+            return [str(self.paths.prepared(self.params.encode.dataset))]
+        entry, coded = self.params.codec(source), [str(self.paths.coded(source))]
+        if is_compressed_domain(entry) and entry.machine_task == task:
+            coded.append(str(self.paths.checkpoint(source)))
+        return coded
 
     def tasks(self) -> dict[str, Any]:
         p, paths = self.params, self.paths
@@ -345,7 +352,7 @@ class _Builder:
             "icmflow infer ${item.source} ${item.task}",
             {
                 f"{source}-{name}": (
-                    [self.source_data(source), *self.task_weights(name)],
+                    [*self.source_data(source, name), *self.task_weights(name)],
                     self.task_keys(name, *self.TASK_KEYS),
                 )
                 for source, name in pairs

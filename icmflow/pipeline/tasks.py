@@ -53,3 +53,16 @@ def load_task_model(
     model = backend(params, name).load(task_spec(params, name, weights))
     explicit = params.task(name).classes
     return model, class_mapping(dataset.data["categories"], model.class_names, explicit)
+
+
+def machine_codec(params: Params, paths: Paths, codec: str, device: str = "cpu"):
+    """Compressed-domain codec `codec`'s trained checkpoint with its task's branch, for coding
+    and reading its machine bitstreams (`icmflow.coding.machine`)."""
+    from icmflow.coding.machine import load_machine_codec
+    from icmflow.vision.tasks.torchvision_backend import load_model
+
+    check_registered(params)
+    task = params.compressed_domain(codec).machine_task
+    weights = base_weights(params, paths, task)
+    network = load_model(task_spec(params, task, weights), weights)
+    return load_machine_codec(paths.checkpoint(codec), network, task, device)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from icmflow.coding.coded_dataset import add_cityscapes_layout, encode_dataset
 from icmflow.coding.image_codec import CodecSpec
 from icmflow.core.errors import MissingInputError
-from icmflow.core.files import remove, replace
+from icmflow.core.files import remove, replace, write_json
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.core.storage import download
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.pipeline.params import Params, check_registered, is_scalable, is_trained
+from icmflow.pipeline.params import (
+    Params,
+    check_registered,
+    is_compressed_domain,
+    is_scalable,
+    is_trained,
+)
 from icmflow.pipeline.paths import Paths, shared_store
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.cluster import dask_client
@@ -74,6 +81,8 @@ def run(params: Params, paths: Paths, name: str) -> None:
         from icmflow.coding.layered import write_layers
 
         write_layers(out, spec, entry.machine)
+    if is_compressed_domain(entry):  # and its task's machine bitstreams
+        _write_machine(params, paths, name, splits[options.split], out)
     source = params.dataset(options.dataset)
     if source.format == "cityscapes":  # also in the layout Cityscapes tools read
         for split in splits:
@@ -94,3 +103,17 @@ def run(params: Params, paths: Paths, name: str) -> None:
             summary["bpp"],
             summary["bpp_definition"],
         )
+
+
+def _write_machine(
+    params: Params, paths: Paths, name: str, dataset: PreparedDataset, out: Path
+) -> None:
+    """The machine bitstreams of compressed-domain codec `name`, in this process (the gate and
+    the selected channels' entropy coding are a fraction of the human images' cost)."""
+    from icmflow.coding.machine import MACHINE, write_machine_split
+    from icmflow.pipeline.tasks import machine_codec
+
+    codec = machine_codec(params, paths, name, params.encode.device)
+    summary = write_machine_split(codec, dataset, out, params.encode.split)
+    write_json(out / MACHINE / "summary.json", {params.encode.split: summary})
+    log.info("%s machine bitstreams: %.4f bpp", name, summary["bpp"])

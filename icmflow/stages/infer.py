@@ -1,7 +1,9 @@
 """Stage `infer@<source>-<task>`: a task model on the original or a codec's coded images.
 
 `source` is `original` (the uncompressed `encode.split`: the reference line of the plots) or
-a codec entry (its coded `encode.split`). Writes the predictions and `accuracy.json`.
+a codec entry (its coded `encode.split`). Writes the predictions and `accuracy.json`. A
+compressed-domain codec's own task predicts from its machine bitstreams instead of its images
+(no pixels decoded); `accuracy.json` then also holds their rate (`bpp`, `rate.machine`).
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tqdm import tqdm
+
 from icmflow.coding.coded_dataset import coded_split
 from icmflow.core.files import atomic_directory, write_json
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.pipeline.params import Params
+from icmflow.pipeline.params import Params, is_compressed_domain
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.pipeline.tasks import base_weights, load_task_model
 from icmflow.tasks.accuracy import predict_dataset, score_predictions
+from icmflow.vision.tasks.base import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +65,41 @@ def score_model(
     dataset = source_dataset(params, paths, source)
     model, mapping = load_task_model(params, task, weights, dataset)
     log.info("%s: %s", task, mapping.description)
-    predictions = predict_dataset(model, dataset)
+    rate: dict = {}
+    if from_machine_bitstreams(params, source, task):
+        predictions, rate = _machine_predictions(params, paths, source)
+    else:
+        predictions = predict_dataset(model, dataset)
     with atomic_directory(out_dir) as out:
         accuracy = score_predictions(entry.kind, dataset, predictions, mapping, out)
-        write_json(out / "accuracy.json", {"source": source, "task": task, **accuracy})
+        write_json(out / "accuracy.json", {"source": source, "task": task, **accuracy, **rate})
         write_provenance(out, stage, {"tasks": {task: entry.model_dump()}, **recorded})
     log.info("%s on %s: %s", task, source, _headline(accuracy))
+
+
+def from_machine_bitstreams(params: Params, source: str, task: str) -> bool:
+    """Whether `source` is a compressed-domain codec whose machine bitstreams serve `task`."""
+    if source == ORIGINAL:
+        return False
+    entry = params.codec(source)
+    return is_compressed_domain(entry) and entry.machine_task == task
+
+
+def _machine_predictions(
+    params: Params, paths: Paths, codec: str
+) -> tuple[dict[int, Prediction], dict]:
+    """The task's predictions decoded from the codec's machine bitstreams, and their rate."""
+    from icmflow.coding.machine import machine_files, machine_summary
+    from icmflow.pipeline.tasks import machine_codec
+
+    machine = machine_codec(params, paths, codec, params.encode.device)
+    files = machine_files(paths.coded(codec), params.encode.split)
+    predictions = {
+        f.image_id: machine.decode(f.path.read_bytes(), source=str(f.path))
+        for f in tqdm(files, desc=f"machine predictions {codec}", unit="img")
+    }
+    rate = machine_summary([vars(f) for f in files])
+    return predictions, {"rate": {"machine": rate}, "bpp": rate["bpp"]}
 
 
 def _headline(accuracy: dict) -> str:

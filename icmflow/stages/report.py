@@ -61,6 +61,8 @@ def _accuracy_rows(params: Params, paths: Paths, rows: list[dict], task: str) ->
         accuracy = _load(
             paths.predictions(source, task) / "accuracy.json", f"infer {source} {task}"
         )
+        if "bpp" in accuracy:  # predicted from machine bitstreams: at their rate
+            fields = {**fields, "bpp": accuracy["bpp"], "setting": f"{fields['setting']} machine"}
         found.append(accuracy_row(task, "pre-trained", fields, accuracy))
         if (source, task) in params.finetuned():
             tuned = _load(

@@ -30,7 +30,8 @@ from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.devices import resolve_device
 from icmflow.runtime.distributed import Group, process_group
 from icmflow.training.data import TrainingCrops, fits_in_memory
-from icmflow.training.objectives import OBJECTIVES
+from icmflow.training.objectives import OBJECTIVES, Objective
+from icmflow.training.targets import GroundTruth
 from icmflow.training.trainer import TrainResult, TrainSettings, read_log, train_codec
 
 
@@ -80,7 +81,11 @@ def run(params: Params, paths: Paths, name: str) -> None:
             model,
             objective,
             TrainingCrops(
-                dataset, masks, options.patch_size, cache=_cache(options, dataset, masks)
+                dataset,
+                masks,
+                options.patch_size,
+                cache=_cache(options, dataset, masks),
+                targets=_ground_truth(params, paths, name, objective, dataset),
             ),
             _settings(options, group),
             log_path=work.path / "train_log.csv",
@@ -88,8 +93,21 @@ def run(params: Params, paths: Paths, name: str) -> None:
             group=group,
         )
     if group.main:
-        _save(paths, name, entry, options, result)
+        _save(paths, name, entry, options, result, objective.checkpoint_extra())
         work.discard()
+
+
+def _ground_truth(
+    params: Params, paths: Paths, name: str, objective: Objective, dataset: PreparedDataset
+) -> GroundTruth | None:
+    """The targets the crops carry for `objective` (None: none), in its task model's classes."""
+    if objective.ground_truth is None:
+        return None
+    from icmflow.pipeline.tasks import base_weights, load_task_model
+
+    task = str(params.learned(name).objective_args["task"])
+    _, mapping = load_task_model(params, task, base_weights(params, paths, task), dataset)
+    return GroundTruth(objective.ground_truth, mapping.to_model)
 
 
 def _run_scalable(params: Params, paths: Paths, name: str) -> None:
@@ -153,17 +171,20 @@ def _training_group(work: WorkDir, options: TrainParams) -> Iterator[Group]:
         yield group
 
 
-def _trained(result: TrainResult, entry: CodecEntry, options: TrainParams) -> tuple[Any, dict]:
+def _trained(
+    result: TrainResult, entry: CodecEntry, options: TrainParams, kept: dict | None = None
+) -> tuple[Any, dict]:
     """The trained model, updated (`update(force=True)`: its CDF tables), and the checkpoint
-    fields of its training."""
+    fields of its training (with what the objective `kept` for the codec's use)."""
     model = result.model.cpu()
     model.update(force=True)
+    extra = {"objective": entry.objective, "lambda": entry.lmbda, "final": result.last}
     return model, {
         "step": options.steps,
         "loss": result.last["loss"],
         "optimizer": result.optimizer,
         "aux_optimizer": result.aux_optimizer,
-        "extra": {"objective": entry.objective, "lambda": entry.lmbda, "final": result.last},
+        "extra": {**extra, **(kept or {})},
     }
 
 
@@ -191,10 +212,15 @@ def _settings(options: TrainParams, group: Group) -> TrainSettings:
 
 
 def _save(
-    paths: Paths, name: str, entry: LearnedEntry, options: TrainParams, result: TrainResult
+    paths: Paths,
+    name: str,
+    entry: LearnedEntry,
+    options: TrainParams,
+    result: TrainResult,
+    kept: dict,
 ) -> None:
     """The checkpoint (after `update(force=True)`), the log and its plot, the provenance."""
-    model, fields = _trained(result, entry, options)
+    model, fields = _trained(result, entry, options, kept)
     save_checkpoint(
         paths.checkpoint(name), model, arch=entry.arch, model_args=entry.model_args, **fields
     )

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from icmflow.core.errors import MissingInputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.store import MaskStore
+from icmflow.training.targets import TARGETS, GroundTruth, crop_boxes, mirror_boxes
 
 CACHE_BUDGET = 2 << 30
 """Bytes of decoded images and masks that `cache_images: auto` keeps in memory, per process."""
@@ -93,7 +94,9 @@ class Seeded(Dataset):
 
 class TrainingCrops(Dataset):
     """Samples `{"x": 3×P×P image in [0, 1], <kind>: 1×P×P mask, ...}`: one random `patch_size`
-    crop of an image and the same crop of its mask of every kind in `masks` (kind -> store).
+    crop of an image and the same crop of its mask of every kind in `masks` (kind -> store);
+    with `targets`, the crop's ground truth under `"targets"` too (`icmflow.training.targets`:
+    boxes, which `collate` keeps as a list, or a P×P class map).
 
     Crop positions are drawn from torch's generator. Images smaller than the crop are
     mirror-padded first, image and masks alike.
@@ -108,8 +111,10 @@ class TrainingCrops(Dataset):
         masks: Mapping[str, Path],
         patch_size: int,
         cache: bool = False,
+        targets: GroundTruth | None = None,
     ):
         self.dataset, self.mask_paths, self.patch_size = dataset, dict(masks), patch_size
+        self.targets = targets
         self._stores: dict[str, MaskStore] = {}
         self._cache: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] | None = (
             {} if cache else None
@@ -148,10 +153,20 @@ class TrainingCrops(Dataset):
                     f"{self.dataset.image_path(image)} is {rgb.shape[1::-1]}; rebuild the masks"
                 )
             masks[kind] = pad_to(mask, self.patch_size)
+        if self.targets is not None:
+            masks[TARGETS] = self._image_targets(image)
         loaded = pad_to(rgb, self.patch_size), masks
         if self._cache is not None:
             self._cache[index] = loaded
         return loaded
+
+    def _image_targets(self, image: dict) -> np.ndarray:
+        """The image's ground truth, padded as its pixels are."""
+        assert self.targets is not None
+        found = self.targets.image_targets(self.dataset, image)
+        if self.targets.kind == "boxes":
+            return mirror_boxes(found, image["height"], image["width"], self.patch_size)
+        return pad_to(found, self.patch_size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, masks = self._load(index)
@@ -161,6 +176,16 @@ class TrainingCrops(Dataset):
         crop = np.ascontiguousarray(rgb[top : top + p, left : left + p])
         sample = {"x": torch.from_numpy(crop).permute(2, 0, 1).float().div(255.0)}
         for kind, mask in masks.items():
-            window = np.ascontiguousarray(mask[top : top + p, left : left + p])
-            sample[kind] = torch.from_numpy(window).float().unsqueeze(0)
+            if kind == TARGETS and self.targets is not None and self.targets.kind == "boxes":
+                sample[kind] = crop_boxes(mask, top, left, p)
+                continue
+            window = torch.from_numpy(np.ascontiguousarray(mask[top : top + p, left : left + p]))
+            sample[kind] = window if kind == TARGETS else window.float().unsqueeze(0)
         return sample
+
+    def collate(self, samples: list[dict[str, torch.Tensor]]) -> dict:
+        """Stacked tensors; boxes (a different count per crop) as a list of (n, 5) tensors."""
+        if self.targets is None or self.targets.kind != "boxes":
+            return default_collate(samples)
+        rest = [{k: v for k, v in sample.items() if k != TARGETS} for sample in samples]
+        return {**default_collate(rest), TARGETS: [sample[TARGETS] for sample in samples]}

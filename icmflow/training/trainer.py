@@ -159,7 +159,10 @@ class _Log:
         self._handle.close()
 
 
-def _to(tensor: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+def _to(tensor: Any, device: torch.device, layout: torch.memory_format) -> Any:
+    """A batch value on `device` (4-D tensors in `layout`; a list: each of its tensors)."""
+    if isinstance(tensor, list):
+        return [_to(t, device, layout) for t in tensor]
     tensor = tensor.to(device, non_blocking=True)
     return tensor.contiguous(memory_format=layout) if tensor.dim() == 4 else tensor
 

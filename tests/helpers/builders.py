@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 
 from icmflow.codecs.architectures import create_model
-from icmflow.codecs.checkpoint import read_checkpoint, save_untrained
+from icmflow.codecs.checkpoint import read_checkpoint, save_checkpoint, save_untrained
 from icmflow.core.errors import ProblemLog
 from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
@@ -18,6 +19,7 @@ from icmflow.masks.store import MaskStore
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.trainer import TrainResult, TrainSettings, train_codec
+from icmflow.vision.tasks.base import TaskModelSpec
 
 
 def save_codec(model, path: Path, model_args: dict, arch: str = "bmshj2018-hyperprior") -> Path:
@@ -28,6 +30,38 @@ def save_codec(model, path: Path, model_args: dict, arch: str = "bmshj2018-hyper
         saved["icmflow"]["arch"] == arch and saved["state_dict"].keys() == model.state_dict().keys()
     )
     return path
+
+
+def save_trained(
+    result: TrainResult, path: Path, model_args: dict, *, step: int, extra: dict | None = None
+) -> Path:
+    """Save a training result's model (updated first) after `step` steps, as the train stage
+    does."""
+    model = result.model.cpu()
+    model.update(force=True)
+    save_checkpoint(
+        path,
+        model,
+        arch="bmshj2018-hyperprior",
+        model_args=model_args,
+        step=step,
+        loss=result.last["loss"],
+        optimizer=result.optimizer,
+        aux_optimizer=result.aux_optimizer,
+        extra=extra or {},
+    )
+    assert read_checkpoint(path)["state_dict"].keys() == model.state_dict().keys()
+    return path
+
+
+def random_task_weights(spec: TaskModelSpec) -> TaskModelSpec:
+    """Write a randomly initialised torchvision model of `spec` to `spec.weights` (seed 0)."""
+    from icmflow.vision.tasks.torchvision_backend import build, read_state
+
+    torch.manual_seed(0)
+    torch.save(build(spec).state_dict(), spec.weights)
+    assert read_state(Path(spec.weights)).keys() == build(spec).state_dict().keys()
+    return spec
 
 
 def build(dataset: dict, out, *, client=None, crowd=True, per_shard=2, source="val.json"):

@@ -3,6 +3,12 @@
 - `family: learned`: a CompressAI architecture (`arch`, `model_args`) trained with a registered
   objective (`objective`, `lmbda`, `objective_args`); `train` overrides the shared training
   settings for this codec only. Gets train@, encode@ and evaluate@ stages.
+- `family: compressed-domain`: compressed-domain analysis (paper 004,
+  `icmflow.codecs.compressed_domain`): a learned entry (arch `bmshj2018-hyperprior`) trained
+  with objective `compressed-domain`, whose `objective_args.task` (a torchvision DeepLabV3 or
+  Faster R-CNN task) gets a task branch on the latent. Its coded dataset holds the human images
+  as a learned codec's does, and machine bitstreams (the gate's channels) beside them; infer@ of
+  its own task predicts from those, at their rate.
 - a classical family (`jpeg`, `webp`, `avif`, `heif`: `icmflow.coding.classical.CLASSICAL`) with
   its own settings (`quality`, ...). Gets encode@ and evaluate@.
 - `family: scalable`: scalable coding for humans and machines (`icmflow.codecs.scalable`): the
@@ -52,6 +58,25 @@ class LearnedEntry(Section):
     def setting(self) -> str:
         """What places this codec on its series' curve."""
         return f"λ={self.lmbda:g}"
+
+
+class CompressedDomainEntry(LearnedEntry):
+    family: Literal["compressed-domain"]  # type: ignore[assignment]
+    objective: Literal["compressed-domain"] = "compressed-domain"  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _names_its_task(self) -> CompressedDomainEntry:
+        if "task" not in self.objective_args:
+            raise ValueError(
+                "objective_args.task is required: the tasks entry whose network gets the "
+                "branch on the latent (a torchvision DeepLabV3 or Faster R-CNN)"
+            )
+        return self
+
+    @property
+    def machine_task(self) -> str:
+        """The task its machine bitstreams are for."""
+        return str(self.objective_args["task"])
 
 
 class _ClassicalSeries:
@@ -137,10 +162,10 @@ def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:
 
 
 CLASSICAL_ENTRIES = {family: _classical_entry(cls) for family, cls in CLASSICAL.items()}
-FAMILIES = ("learned", "scalable", *CLASSICAL_ENTRIES)
+FAMILIES = ("learned", "compressed-domain", "scalable", *CLASSICAL_ENTRIES)
 
 CodecEntry = Annotated[
-    reduce(or_, (LearnedEntry, ScalableEntry, *CLASSICAL_ENTRIES.values())),
+    reduce(or_, (LearnedEntry, CompressedDomainEntry, ScalableEntry, *CLASSICAL_ENTRIES.values())),
     Field(discriminator="family"),
 ]
 """A codec entry; `family` selects its kind and the settings it takes."""
@@ -148,6 +173,10 @@ CodecEntry = Annotated[
 
 def is_learned(entry: Any) -> bool:
     return isinstance(entry, LearnedEntry)
+
+
+def is_compressed_domain(entry: Any) -> bool:
+    return isinstance(entry, CompressedDomainEntry)
 
 
 def is_scalable(entry: Any) -> bool:

@@ -9,8 +9,10 @@ from pydantic import Field, StringConstraints
 from icmflow.core.errors import IcmflowError
 from icmflow.pipeline.params.codecs import (
     CodecEntry,
+    CompressedDomainEntry,
     LearnedEntry,
     ScalableEntry,
+    is_compressed_domain,
     is_learned,
     is_scalable,
     is_trained,
@@ -65,6 +67,12 @@ class Params(Section):
         entry = self.codec(name)
         if not is_learned(entry):
             raise ParamsError(f"codec {name!r} is a {entry.family} codec: it is not trained")
+        return entry
+
+    def compressed_domain(self, name: str) -> CompressedDomainEntry:
+        entry = self.codec(name)
+        if not is_compressed_domain(entry):
+            raise ParamsError(f"codec {name!r} is a {entry.family} codec, not compressed-domain")
         return entry
 
     @property

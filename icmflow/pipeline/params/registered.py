@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 
-from icmflow.pipeline.params.codecs import is_learned, is_scalable
+from icmflow.pipeline.params.codecs import is_compressed_domain, is_learned, is_scalable
 from icmflow.pipeline.params.consistency import Problem
 from icmflow.pipeline.params.project import Params, ParamsError
 
@@ -114,10 +114,44 @@ def scalable_registry_problems(params: Params) -> list[Problem]:
     return problems
 
 
+COMPRESSED_DOMAIN_ARCH = "bmshj2018-hyperprior"
+"""The codec of compressed-domain entries: its latent is coded with scales alone, so a subset
+of its channels has a bitstream of its own."""
+
+
+def compressed_domain_problems(params: Params) -> list[Problem]:
+    """Compressed-domain entries on another codec, or whose task has no ResNet tail."""
+    problems: list[Problem] = []
+    for name, entry in params.codecs.items():
+        if not is_compressed_domain(entry):
+            continue
+        key = f"codecs.{name}"
+        if entry.arch != COMPRESSED_DOMAIN_ARCH:
+            problems.append(
+                (
+                    f"{key}.arch",
+                    f"{entry.arch!r}: a compressed-domain codec is a "
+                    f"{COMPRESSED_DOMAIN_ARCH} (ScaleHyperprior)",
+                )
+            )
+        task = params.tasks.get(entry.machine_task)
+        arch = str(task.options.get("arch", "")) if task is not None else ""
+        if task is not None and (task.backend != "torchvision" or "resnet" not in arch):
+            problems.append(
+                (
+                    f"{key}.objective_args.task",
+                    f"task {entry.machine_task!r} is {task.backend} {arch or task.kind}: the "
+                    "compressed-domain branch needs a torchvision DeepLabV3 or Faster R-CNN on "
+                    "a ResNet (options.arch deeplabv3_resnet*, fasterrcnn_resnet*)",
+                )
+            )
+    return problems
+
+
 def check_registered(params: Params) -> None:
     """Raise a `ParamsError` listing every entry the registries refuse."""
     problems = registered_problems(params) + task_problems(params)
-    problems += scalable_registry_problems(params)
+    problems += scalable_registry_problems(params) + compressed_domain_problems(params)
     if problems:
         lines = [f"  {key}: {message}" for key, message in problems]
         raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))

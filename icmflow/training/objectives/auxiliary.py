@@ -9,8 +9,9 @@ encoder via auxiliary loss"):
 
 R is bits per pixel; E is the task loss of a frozen recognition model (a detector or segmenter:
 `icmflow.vision.tasks.differentiable.TaskLoss`) on the decoded image x̂; the target y is that
-model's own predictions on the original image x (pseudo-labels, as the paper does after
-Yamazaki et al.).
+model's own predictions on the original image x (`targets: model`, the default: pseudo-labels,
+as the paper does after Yamazaki et al.), or the crop's annotations (`targets: ground-truth`:
+boxes or a class map in the model's classes, `icmflow.training.targets`).
 ŷ_aux is the output of the auxiliary branch (`icmflow.codecs.aux_branch`), fed from the
 quantised latent that the codec's synthesis transform `g_s` receives: `bind(model)` hooks
 `g_s` (a forward pre-hook) to capture it, so the branch's loss reaches the encoder and the
@@ -22,7 +23,7 @@ codec's checkpoint. The frozen model is left out of that state (it is loaded fro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,10 @@ from torch import nn
 
 from icmflow.codecs.aux_branch import PAPER_WIDTHS, STRIDES, AuxiliaryBackbone
 from icmflow.training.objectives.base import OBJECTIVES, Batch, Objective, rate_bpp
-from icmflow.vision.tasks.differentiable import TaskLoss
+from icmflow.training.targets import TARGETS
+from icmflow.vision.tasks.differentiable import BoxTargets, Targets, TaskLoss
+
+TargetSource = Literal["model", "ground-truth"]
 
 FROZEN = "task."
 """State-dict prefix of the frozen model, which the training state does not carry."""
@@ -45,17 +49,64 @@ def latent_channels(model: CompressionModel) -> int:
     raise ValueError(f"{type(model).__name__}.g_s has no convolution to read its channels from")
 
 
+class LatentHook:
+    """A forward pre-hook on a codec's `g_s` that keeps the latent it receives while `owner`
+    (the objective) is in train mode; `take()` hands it over once."""
+
+    def __init__(self, owner: nn.Module):
+        self.owner, self.latent, self.handle = owner, None, None
+
+    def attach(self, model: CompressionModel) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = model.g_s.register_forward_pre_hook(self)
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if self.owner.training:
+            self.latent = args[0]
+
+    def take(self) -> torch.Tensor:
+        if self.latent is None:
+            raise RuntimeError(
+                f"{type(self.owner).__name__}: call bind(model) before training, and run the "
+                "model in train mode, so that the latent before its decoder is captured"
+            )
+        latent, self.latent = self.latent, None
+        return latent
+
+
 @OBJECTIVES.register("task-loss")
 class TaskLossObjective(Objective):
     """L = R + λ·E(y, ŷ) (eq. 4); `task` is the frozen recognition model, `task_options` its
-    settings (`TaskLoss.configure`: e.g. `conf`, the pseudo-labels' score threshold)."""
+    settings (`TaskLoss.configure`: e.g. `conf`, the pseudo-labels' score threshold), `targets`
+    where y comes from (module doc)."""
 
-    def __init__(self, lmbda: float, *, task: TaskLoss, task_options: dict | None = None):
+    def __init__(
+        self,
+        lmbda: float,
+        *,
+        task: TaskLoss,
+        task_options: dict | None = None,
+        targets: TargetSource = "model",
+    ):
         super().__init__(lmbda)
         if not isinstance(task, TaskLoss):
             raise TypeError(f"objective {type(self).__name__} needs a TaskLoss, got {task!r}")
+        if targets not in ("model", "ground-truth"):
+            raise ValueError(f"targets {targets!r}: model or ground-truth")
         task.configure(**(task_options or {}))
         self.task = task
+        if targets == "ground-truth":
+            self.ground_truth = task.target_kind
+
+    def targets_of(self, batch: Batch) -> Targets:
+        """y: the batch's ground truth, or the frozen model's predictions on x."""
+        if self.ground_truth is None:
+            return self.task.targets(batch["x"])
+        found = batch[TARGETS]
+        if self.ground_truth == "boxes":
+            return [BoxTargets(t[:, :4], t[:, 4].long()) for t in found]
+        return found
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         prefix = kwargs.get("prefix", "") + FROZEN
@@ -68,7 +119,7 @@ class TaskLossObjective(Objective):
 
     def task_terms(self, output: dict, batch: Batch) -> tuple[torch.Tensor, dict]:
         """E(y, ŷ) + the objective's other terms in braces, and the terms to log."""
-        targets = self.task.targets(batch["x"])
+        targets = self.targets_of(batch)
         task = self.task(output["x_hat"], targets)
         return task, {"task_loss": task, "targets": self._count(targets, batch["x"])}
 
@@ -94,38 +145,27 @@ class AuxiliaryLoss(TaskLossObjective):
         *,
         task: TaskLoss,
         task_options: dict | None = None,
+        targets: TargetSource = "model",
         alpha: float = 0.5,
         branch_widths: Sequence[int] = PAPER_WIDTHS,
         branch_groups: int = 32,
     ):
-        super().__init__(lmbda, task=task, task_options=task_options)
+        super().__init__(lmbda, task=task, task_options=task_options, targets=targets)
         self.alpha, self.widths, self.groups = alpha, tuple(branch_widths), branch_groups
         self.branch: AuxiliaryBackbone | None = None
         self.head: nn.Module | None = None
-        self._latent: torch.Tensor | None = None
-        self._hook: Any = None
+        self._latent = LatentHook(self)
 
     def bind(self, model: CompressionModel) -> None:
         """Build the branch for `model`'s latent and capture what `model.g_s` receives."""
-        if self._hook is not None:
-            self._hook.remove()
         self.branch = AuxiliaryBackbone(latent_channels(model), self.widths, self.groups)
         self.head = self.task.head(self.branch.channels, STRIDES)
-        self._hook = model.g_s.register_forward_pre_hook(self._capture)
-
-    def _capture(self, module: nn.Module, args: tuple) -> None:
-        if self.training:
-            self._latent = args[0]
+        self._latent.attach(model)
 
     def task_terms(self, output: dict, batch: Batch) -> tuple[torch.Tensor, dict]:
-        if self.branch is None or self.head is None or self._latent is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: call bind(model) before training, and run the model "
-                "in train mode, so that the latent before its decoder is captured"
-            )
-        x, latent = batch["x"], self._latent
-        self._latent = None
-        targets = self.task.targets(x)
+        x, latent = batch["x"], self._latent.take()
+        assert self.branch is not None and self.head is not None
+        targets = self.targets_of(batch)
         task = self.task(output["x_hat"], targets)
         branch = self.head(self.branch(latent), targets, tuple(x.shape[-2:]))
         inner = task + self.alpha * branch

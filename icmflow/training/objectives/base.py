@@ -7,7 +7,9 @@ gets and knows nothing of any particular objective. Objectives are registered by
 `OBJECTIVES` and built from a codec entry as `cls(lmbda=..., **objective_args)`.
 
 A batch is a dict of tensors: `x` (N×3×H×W images in [0, 1]) and whatever the objective declares
-in `mask_kinds` (N×1×H×W binary masks of those kinds, e.g. `object`). An objective may hold
+in `mask_kinds` (N×1×H×W binary masks of those kinds, e.g. `object`), and, when its
+`ground_truth` names a kind of targets, the crops' annotations under `targets`
+(`icmflow.training.targets`). An objective may hold
 modules of its own (a frozen teacher, a training-only branch); its parameters that require
 gradients are trained with the codec's main optimiser and saved in the resumable state, never in
 the codec's checkpoint.
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from icmflow.core.registry import Registry
+from icmflow.vision.tasks.differentiable import TargetKind
 
 Batch = dict[str, torch.Tensor]
 
@@ -44,9 +47,16 @@ class Objective(nn.Module):
     def __init__(self, lmbda: float):
         super().__init__()
         self.lmbda = lmbda
+        self.ground_truth: TargetKind | None = None
+        """The ground-truth targets the batches must carry (None: none)."""
 
     def bind(self, model: nn.Module) -> None:
         """Called once with the codec before training (e.g. to hook its layers); no-op here."""
+
+    def checkpoint_extra(self) -> dict:
+        """What the codec's checkpoint keeps of this objective (under `icmflow`): nothing, but
+        for objectives whose trained modules the codec is used with."""
+        return {}
 
     def forward(self, output: dict, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError

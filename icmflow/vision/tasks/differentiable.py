@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ class BoxTargets:
 
 Targets = list[BoxTargets] | torch.Tensor
 """Per image boxes (detection), or an N×H×W class map (semantic segmentation)."""
+TargetKind = Literal["boxes", "class_map"]
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -74,6 +75,8 @@ class TaskLoss(nn.Module):
 
     settings: ClassVar[tuple[str, ...]] = ("conf",)
     """What `configure` may set (e.g. `conf`, the pseudo-labels' score threshold)."""
+    target_kind: ClassVar[TargetKind] = "boxes"
+    """The ground truth its loss compares with (`icmflow.training.targets`)."""
 
     def __init__(self, model: nn.Module, conf: float):
         super().__init__()
@@ -241,7 +244,7 @@ class YoloTaskLoss(TaskLoss):
 # --- torchvision Faster R-CNN --------------------------------------------------------------
 
 
-def _rcnn_targets(targets: list[BoxTargets]) -> list[dict[str, torch.Tensor]]:
+def rcnn_targets(targets: list[BoxTargets]) -> list[dict[str, torch.Tensor]]:
     return [{"boxes": t.boxes.float(), "labels": t.classes.long()} for t in targets]
 
 
@@ -298,11 +301,11 @@ class RcnnHead(AuxiliaryHead):
         maps = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
         n = features[0].shape[0]
         images = ImageList(features[0].new_zeros(n, 3, *image_size), [image_size] * n)
-        rcnn_targets = _rcnn_targets(targets)
+        boxes = rcnn_targets(targets)
 
         def call() -> dict[str, torch.Tensor]:
-            proposals, rpn_losses = self.rpn(images, maps, rcnn_targets)
-            _, head_losses = self.roi_heads(maps, proposals, images.image_sizes, rcnn_targets)
+            proposals, rpn_losses = self.rpn(images, maps, boxes)
+            _, head_losses = self.roi_heads(maps, proposals, images.image_sizes, boxes)
             return {**rpn_losses, **head_losses}
 
         return _rcnn_losses(self, call, self.seed, features[0].device)
@@ -331,7 +334,7 @@ class RcnnTaskLoss(TaskLoss):
 
     def forward(self, x: torch.Tensor, targets: list[BoxTargets]) -> torch.Tensor:
         def call() -> dict[str, torch.Tensor]:
-            return self.model(list(x), _rcnn_targets(targets))
+            return self.model(list(x), rcnn_targets(targets))
 
         return _rcnn_losses(self.model, call, self.seed, x.device)
 
@@ -364,14 +367,17 @@ def _imagenet(x: torch.Tensor) -> torch.Tensor:
 
 def _segmentation_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the class logits at the targets' size, plus half the auxiliary head's
-    (as the torchvision backend trains DeepLabV3)."""
+    (as the torchvision backend trains DeepLabV3); pixels of class `IGNORE` (crowd regions of
+    ground-truth maps) are left out."""
+    from icmflow.vision.tasks.torchvision_backend import IGNORE
+
     loss = torch.zeros((), device=targets.device)
     for key, weight in (("out", 1.0), ("aux", 0.5)):
         if key in outputs:
             logits = F.interpolate(
                 outputs[key], size=targets.shape[-2:], mode="bilinear", align_corners=False
             )
-            loss = loss + weight * F.cross_entropy(logits, targets)
+            loss = loss + weight * F.cross_entropy(logits, targets, ignore_index=IGNORE)
     return loss
 
 
@@ -403,6 +409,7 @@ class SegmentationTaskLoss(TaskLoss):
     logits on x̂ against its own class map on x (pixels of class 0 are background)."""
 
     settings = ()
+    target_kind = "class_map"
 
     def __init__(self, model: nn.Module):
         super().__init__(model, conf=0.0)

@@ -64,8 +64,37 @@ class Arch:
     """Torchvision's default (COCO's 91 ids for R-CNNs, VOC's 21 classes for DeepLabV3)."""
 
 
+def deeplabv3_resnet18(
+    *, weights: None, weights_backbone: None, num_classes: int, aux_loss: bool = False
+) -> nn.Module:
+    """DeepLabV3 on ResNet-18 (output stride 32: its basic blocks take no dilation), built from
+    torchvision's parts: a small segmenter for tests, demos and CPUs."""
+    from torchvision.models import resnet18
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    layers = {"layer4": "out", **({"layer3": "aux"} if aux_loss else {})}
+    backbone = IntermediateLayerGetter(resnet18(weights=weights_backbone), layers)
+    aux = FCNHead(256, num_classes) if aux_loss else None
+    return DeepLabV3(backbone, DeepLabHead(512, num_classes), aux)
+
+
+def fasterrcnn_resnet18_fpn(
+    *, weights: None, weights_backbone: None, num_classes: int, **kwargs
+) -> nn.Module:
+    """Faster R-CNN on a ResNet-18 FPN, built from torchvision's parts (as `deeplabv3_resnet18`)."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    backbone = _resnet_fpn_extractor(resnet18(weights=weights_backbone), trainable_layers=5)
+    return detection.FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
 ARCHS: Registry[Arch] = Registry("torchvision arch")
 for _name, _entry in {
+    "fasterrcnn_resnet18_fpn": Arch("detection", fasterrcnn_resnet18_fpn, 91),
+    "deeplabv3_resnet18": Arch("semantic_segmentation", deeplabv3_resnet18, 21),
     "fasterrcnn_resnet50_fpn": Arch("detection", detection.fasterrcnn_resnet50_fpn, 91),
     "fasterrcnn_resnet50_fpn_v2": Arch("detection", detection.fasterrcnn_resnet50_fpn_v2, 91),
     "fasterrcnn_mobilenet_v3_large_fpn": Arch(

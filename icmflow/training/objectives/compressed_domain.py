@@ -1,0 +1,94 @@
+"""The compressed-domain objective (paper 004, Sun et al.): the codec trained with its primary
+task's branch on the latent (`icmflow.codecs.compressed_domain`).
+
+L = λ1·L_task + λ2·MSE(F_student, F_teacher) + λ·255²·MSE(x, x̂) + R (eqs. 3–4; λ3 on
+CompressAI's scale, λ4 = 1), with `task_weight` λ1, `kd_weight` λ2 and, when > 0,
+`machine_rate_weight` times the selected channels' bpp (what teaches the gate to drop channels).
+`task` is the task network, a torchvision DeepLabV3 or Faster R-CNN on a ResNet: its frozen copy
+is the teacher (its stem on x gives F_teacher) and the target source for `targets: model`, and a
+trainable copy of its remaining stages and head is the student's tail after the gate and
+the transform. The targets are the crops' annotations by default (`targets: ground-truth`, as
+the paper trains on Cityscapes and COCO labels).
+
+The branch (gate, transform, tail) is trained with the codec and kept in its checkpoint
+(`checkpoint_extra`: the machine bitstreams and their predictions need it); the frozen network
+is not (it is loaded from the task's weights).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from compressai.models import CompressionModel, ScaleHyperprior
+
+from icmflow.codecs.compressed_domain import (
+    TASK_BRANCH,
+    TaskBranch,
+    TaskTail,
+    primary_loss,
+    task_tail,
+)
+from icmflow.training.objectives.auxiliary import (
+    LatentHook,
+    TargetSource,
+    TaskLossObjective,
+    latent_channels,
+)
+from icmflow.training.objectives.base import OBJECTIVES, Batch
+from icmflow.vision.tasks.differentiable import TaskLoss, rcnn_targets
+
+
+@OBJECTIVES.register("compressed-domain")
+class CompressedDomainObjective(TaskLossObjective):
+    """Eq. 4 of paper 004 on a bmshj2018 hyperprior (module doc)."""
+
+    def __init__(
+        self,
+        lmbda: float,
+        *,
+        task: TaskLoss,
+        task_options: dict | None = None,
+        targets: TargetSource = "ground-truth",
+        task_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        machine_rate_weight: float = 0.0,
+    ):
+        super().__init__(lmbda, task=task, task_options=task_options, targets=targets)
+        self.weights = {
+            "task_weight": task_weight,
+            "kd_weight": kd_weight,
+            "machine_rate_weight": machine_rate_weight,
+        }
+        self.branch: TaskBranch | None = None
+        self._teacher: tuple[TaskTail, ...] = ()  # not a submodule: frozen, not saved
+        self._latent = LatentHook(self)
+
+    def bind(self, model: CompressionModel) -> None:
+        """Build the branch on `model`'s latent; capture what `model.g_s` receives."""
+        if type(model) is not ScaleHyperprior:
+            raise TypeError(
+                f"the compressed-domain objective codes the latent with scales only: it needs a "
+                f"bmshj2018-hyperprior (ScaleHyperprior), not a {type(model).__name__}"
+            )
+        student = copy.deepcopy(self.task.model).requires_grad_(True)
+        self.branch = TaskBranch(latent_channels(model), task_tail(student))
+        self._teacher = (task_tail(self.task.model),)
+        self._latent.attach(model)
+
+    def forward(self, output: dict, batch: Batch) -> dict[str, torch.Tensor]:
+        x, latent = batch["x"], self._latent.take()
+        assert self.branch is not None
+        targets = self.targets_of(batch)
+        if isinstance(targets, list):  # boxes: what torchvision's detection heads read
+            targets = rcnn_targets(targets)
+        branch = self.branch(latent, tuple(x.shape[-2:]), targets)
+        teacher = self._teacher[0].to(x.device)
+        terms = primary_loss({**output, **branch}, x, teacher, self.lmbda, **self.weights)
+        kept = branch["keep"].mean()
+        return {**terms, "kept_fraction": kept}
+
+    def checkpoint_extra(self) -> dict:
+        assert self.branch is not None, "bind(model) first"
+        state = {k: v.detach().cpu() for k, v in self.branch.state_dict().items()}
+        return {TASK_BRANCH: state}

@@ -1,0 +1,122 @@
+"""The compressed-domain codec kind: its objective on the trainer (ground-truth crops), the
+branch kept in the checkpoint, machine bitstreams coded and read by `MachineCodec`, and the
+params checks of `family: compressed-domain`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from icmflow.codecs.architectures import create_model
+from icmflow.coding.machine import load_machine_codec
+from icmflow.pipeline.params import ParamsError, check_registered, load_params
+from icmflow.training.data import TrainingCrops
+from icmflow.training.objectives import OBJECTIVES
+from icmflow.training.targets import GroundTruth
+from icmflow.training.trainer import TrainSettings, train_codec
+from icmflow.vision.tasks.base import Detections, TaskModelSpec
+from icmflow.vision.tasks.differentiable import load_task_loss
+from icmflow.vision.tasks.torchvision_backend import load_model
+from tests.helpers.builders import random_task_weights, save_trained
+from tests.helpers.codecs import textured_image
+from tests.helpers.project import REPO
+
+SETTINGS = TrainSettings(steps=2, batch_size=2, lr=1e-3, aux_lr=1e-3)
+TASKS = {
+    "semantic_segmentation": ("deeplabv3_resnet18", "class_map"),
+    "detection": ("fasterrcnn_resnet18_fpn", "boxes"),
+}
+
+
+def task_spec(kind: str, tmp_path) -> TaskModelSpec:
+    return random_task_weights(
+        TaskModelSpec(
+            kind=kind,
+            weights=tmp_path / "task.pt",
+            input_size=64,
+            options={"arch": TASKS[kind][0], "num_classes": 4},
+        )
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_a_trained_branch_predicts_from_the_machine_bitstream(kind, sample_prepared, tmp_path):
+    spec = task_spec(kind, tmp_path)
+    task = load_task_loss("torchvision", spec)
+    frozen = {k: v.clone() for k, v in task.model.state_dict().items()}
+    model = create_model("bmshj2018-hyperprior", seed=0, N=16, M=24)
+    objective = OBJECTIVES["compressed-domain"](lmbda=0.01, task=task, machine_rate_weight=0.1)
+    assert objective.ground_truth == TASKS[kind][1]  # ground truth by default, as the paper
+    objective.bind(model)
+    crops = TrainingCrops(
+        sample_prepared["train"], {}, 64, targets=GroundTruth(TASKS[kind][1], {1: 1, 2: 2, 3: 3})
+    )
+    result = train_codec(model, objective, crops, SETTINGS, log_path=tmp_path / "log.csv")
+    assert {"task", "kd", "machine_bpp", "bpp", "mse", "kept_fraction"} <= set(result.last)
+    assert all(np.isfinite(v) for v in result.last.values())
+    assert all(torch.equal(frozen[k], v) for k, v in task.model.state_dict().items())
+    assert not any(k.startswith("task.") for k in objective.state_dict())  # frozen: not saved
+    checkpoint = save_trained(
+        result,
+        tmp_path / "checkpoint.pth.tar",
+        {"N": 16, "M": 24},
+        step=2,
+        extra=objective.checkpoint_extra(),
+    )
+    codec = load_machine_codec(checkpoint, load_model(spec, spec.weights), "task")
+    rgb = textured_image(70, 90, seed=3)  # padded to 128×128 for the codec
+    coded = codec.encode(rgb)
+    assert coded.keep.shape == (24,) and coded.keep.dtype == bool
+    predicted = codec.decode(coded.data)
+    again = codec.decode(coded.data)
+    if kind == "semantic_segmentation":
+        assert predicted.shape == (70, 90) and np.array_equal(predicted, again)
+        assert set(np.unique(predicted).tolist()) <= {0, 1, 2, 3}
+    else:
+        assert isinstance(predicted, Detections)
+        assert np.array_equal(predicted.boxes, again.boxes)
+        assert (predicted.boxes[:, [0, 2]] <= 90).all() and (predicted.boxes[:, [1, 3]] <= 70).all()
+
+
+def test_a_checkpoint_without_a_branch_is_refused(tmp_path):
+    from icmflow.codecs.checkpoint import save_untrained
+    from icmflow.core.errors import CheckpointError
+
+    model = create_model("bmshj2018-hyperprior", seed=0, N=16, M=24)
+    model.update(force=True)
+    path = save_untrained(
+        tmp_path / "c.pth.tar", model, arch="bmshj2018-hyperprior", model_args={"N": 16, "M": 24}
+    )
+    spec = task_spec("semantic_segmentation", tmp_path)
+    with pytest.raises(CheckpointError, match="no compressed-domain task branch"):
+        load_machine_codec(path, load_model(spec, spec.weights), "task")
+
+
+def test_the_objective_refuses_a_codec_with_means(tmp_path):
+    spec = task_spec("semantic_segmentation", tmp_path)
+    objective = OBJECTIVES["compressed-domain"](
+        lmbda=0.01, task=load_task_loss("torchvision", spec)
+    )
+    with pytest.raises(TypeError, match="needs a bmshj2018-hyperprior"):
+        objective.bind(create_model("mbt2018-mean", seed=0, N=16, M=24))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"arch": "mbt2018-mean"}, "codecs.cd-2.arch: 'mbt2018-mean': a compressed-domain codec"),
+        ({"objective_args": {"task": "yolo-shapes"}}, "needs a torchvision DeepLabV3"),
+        ({"objective_args": {}}, "objective_args.task is required"),
+    ],
+)
+def test_params_refuse_what_the_branch_cannot_use(tmp_path, change, message):
+    raw = yaml.safe_load((REPO / "task-driven" / "params.yaml").read_text())
+    check_registered(load_params(REPO / "task-driven" / "params.yaml"))
+    raw["codecs"]["cd-2"] = {**raw["codecs"]["cd-2"], **change}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as caught:
+        check_registered(load_params(path))
+    assert message in str(caught.value)
