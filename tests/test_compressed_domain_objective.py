@@ -10,7 +10,9 @@ import torch
 import yaml
 
 from icmflow.codecs.architectures import create_model
-from icmflow.coding.machine import load_machine_codec
+from icmflow.coding.machine import load_machine_codec, predict_split, write_machine_split
+from icmflow.core.completion import mark_complete
+from icmflow.core.errors import BitstreamError
 from icmflow.pipeline.params import ParamsError, check_registered, load_params
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
@@ -78,6 +80,20 @@ def test_a_trained_branch_predicts_from_the_machine_bitstream(kind, sample_prepa
         assert isinstance(predicted, Detections)
         assert np.array_equal(predicted.boxes, again.boxes)
         assert (predicted.boxes[:, [0, 2]] <= 90).all() and (predicted.boxes[:, [1, 3]] <= 70).all()
+    if kind == "semantic_segmentation":  # a coded split: its files, rate and predictions
+        val = sample_prepared["val"]
+        summary = write_machine_split(codec, val, tmp_path / "coded", "val")
+        mark_complete(tmp_path / "coded", "test")
+        predictions, rate = predict_split(codec, tmp_path / "coded", "val")
+        files = sorted((tmp_path / "coded" / "machine" / "val").glob("*.bin"))
+        pixels = sum(image["width"] * image["height"] for image in val.images)
+        assert len(files) == len(val.images) == len(predictions) and rate == summary
+        assert rate["bpp"] == pytest.approx(8 * sum(f.stat().st_size for f in files) / pixels)
+        first = val.images[0]
+        assert predictions[first["id"]].shape == (first["height"], first["width"])
+        files[0].unlink()
+        with pytest.raises(BitstreamError, match=f"{files[0].name}: missing"):
+            predict_split(codec, tmp_path / "coded", "val")
 
 
 def test_a_checkpoint_without_a_branch_is_refused(tmp_path):

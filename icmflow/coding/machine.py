@@ -130,14 +130,13 @@ def write_machine_split(
 
 def machine_summary(rows: list[dict]) -> dict:
     """The rate of machine bitstream rows (`FIELDS`): over all images, not a mean of bpps."""
+    if not rows:
+        raise BitstreamError("no machine bitstreams to summarise: the coded split is empty")
     bits = 8 * sum(int(r["bytes"]) for r in rows)
-    pixels = sum(int(r["pixels"]) for r in rows)
     return {
         "images": len(rows),
-        "bpp": bits / pixels if pixels else float("nan"),
-        "mean_kept_channels": float(np.mean([int(r["kept_channels"]) for r in rows]))
-        if rows
-        else float("nan"),
+        "bpp": bits / sum(int(r["pixels"]) for r in rows),
+        "mean_kept_channels": float(np.mean([int(r["kept_channels"]) for r in rows])),
         "bpp_definition": "total bits of the machine bitstream files / total pixels",
     }
 
@@ -173,3 +172,19 @@ def machine_files(coded_dir: Path | str, split: str) -> list[MachineFile]:
         )
         for r in rows
     ]
+
+
+def predict_split(
+    codec: MachineCodec, coded_dir: Path | str, split: str
+) -> tuple[dict[int, Prediction], dict]:
+    """The task's predictions decoded from one split's machine bitstreams alone, by image id,
+    and their rate (`machine_summary`)."""
+    files = machine_files(coded_dir, split)
+    predictions = {}
+    for found in tqdm(files, desc=f"machine predictions {split}", unit="img"):
+        if not found.path.is_file():
+            raise BitstreamError(
+                f"{found.path}: missing from {coded_dir}; rerun its `icmflow encode`"
+            )
+        predictions[found.image_id] = codec.decode(found.path.read_bytes(), source=str(found.path))
+    return predictions, machine_summary([vars(f) for f in files])

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
 from icmflow.coding.coded_dataset import coded_split
 from icmflow.core.files import atomic_directory, write_json
 from icmflow.datasets.prepared import PreparedDataset
@@ -88,17 +86,12 @@ def from_machine_bitstreams(params: Params, source: str, task: str) -> bool:
 def _machine_predictions(
     params: Params, paths: Paths, codec: str
 ) -> tuple[dict[int, Prediction], dict]:
-    """The task's predictions decoded from the codec's machine bitstreams, and their rate."""
-    from icmflow.coding.machine import machine_files, machine_summary
+    """The task's predictions from the codec's machine bitstreams, and their rate."""
+    from icmflow.coding.machine import predict_split
     from icmflow.pipeline.tasks import machine_codec
 
     machine = machine_codec(params, paths, codec, params.encode.device)
-    files = machine_files(paths.coded(codec), params.encode.split)
-    predictions = {
-        f.image_id: machine.decode(f.path.read_bytes(), source=str(f.path))
-        for f in tqdm(files, desc=f"machine predictions {codec}", unit="img")
-    }
-    rate = machine_summary([vars(f) for f in files])
+    predictions, rate = predict_split(machine, paths.coded(codec), params.encode.split)
     return predictions, {"rate": {"machine": rate}, "bpp": rate["bpp"]}
 
 
