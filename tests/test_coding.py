@@ -245,12 +245,14 @@ DECODE_WITH_THREADS = """
 import sys, torch
 from pathlib import Path
 from icmflow.codecs.checkpoint import load_codec
+from icmflow.coding.coded_dataset import DECODED_PNG_LEVEL
 from icmflow.coding.learned import LearnedCodec
 from icmflow.datasets.images import write_png
 torch.set_num_threads(int(sys.argv[1]))
 codec = LearnedCodec(load_codec(Path(sys.argv[2])))
 for stream in sorted(Path(sys.argv[3]).iterdir()):
-    write_png(Path(sys.argv[4]) / f"{stream.stem}.png", codec.decode(stream.read_bytes()))
+    decoded = codec.decode(stream.read_bytes())
+    write_png(Path(sys.argv[4]) / f"{stream.stem}.png", decoded, compress_level=DECODED_PNG_LEVEL)
 """
 
 

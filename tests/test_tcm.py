@@ -13,20 +13,9 @@ from icmflow.codecs.architectures import create_model, image_architectures, mode
 from icmflow.codecs.tcm import TCM, WindowAttention
 from icmflow.coding.learned import LearnedCodec
 from tests.helpers.builders import save_codec
-from tests.helpers.codecs import learned_spec, textured_image, tiny_codec, to_batch
+from tests.helpers.codecs import TCM_TINY, learned_spec, textured_image, tiny_codec, to_batch
 from tests.helpers.golden import golden_mismatch
 
-TINY = {
-    "config": [1, 1, 1, 1, 1, 1],
-    "head_dim": [8, 8, 8, 8, 8, 8],
-    "N": 32,
-    "M": 64,
-    "num_slices": 4,
-    "max_support_slices": 2,
-    "z_channels": 32,
-    "attention_dim": 32,
-    "slice_hidden": [48, 32],
-}
 GAIN = 10.0
 """Scales g_a's last layer so that random weights give latents worth coding (~1 kB a slice)."""
 
@@ -36,17 +25,17 @@ REFERENCE_PARAMETERS = {64: 45_180_752, 128: 76_568_148}
 
 @pytest.fixture(scope="module")
 def codec() -> TCM:
-    return tiny_codec("tcm", seed=0, gain=GAIN, **TINY)
+    return tiny_codec("tcm", seed=0, gain=GAIN, **TCM_TINY)
 
 
 def test_registered_and_built_by_icmflow():
     assert MODELS["tcm"] is TCM
     assert "tcm" in image_architectures()
-    assert model_args_problem("tcm", TINY) is None
+    assert model_args_problem("tcm", TCM_TINY) is None
     assert "takes no argument window" in model_args_problem("tcm", {"window": 4})
-    assert isinstance(create_model("tcm", seed=0, **TINY), TCM)
+    assert isinstance(create_model("tcm", seed=0, **TCM_TINY), TCM)
     with pytest.raises(ValueError, match="multiple of num_slices"):
-        create_model("tcm", **(TINY | {"M": 66}))
+        create_model("tcm", **(TCM_TINY | {"M": 66}))
 
 
 @pytest.mark.parametrize("N", [64, 128])
@@ -61,7 +50,7 @@ def test_parameter_counts_of_the_paper(N):
 
 
 def test_forward_on_an_odd_size_and_gradients():
-    model = create_model("tcm", seed=0, **TINY).train()
+    model = create_model("tcm", seed=0, **TCM_TINY).train()
     x = torch.rand(1, 3, 70, 45)
     out = model(x)
     assert out["x_hat"].shape == x.shape
@@ -96,7 +85,7 @@ def test_round_trip_is_the_eval_reconstruction(codec, size):
     `ste_round` is exact), so decoding gives forward's x̂ exactly, clamped to [0, 1]."""
     x = to_batch(textured_image(*size))
     coded = codec.compress(x)
-    assert len(coded["strings"]) == TINY["num_slices"] + 1
+    assert len(coded["strings"]) == TCM_TINY["num_slices"] + 1
     assert all(len(per_latent) == 1 for per_latent in coded["strings"])
     x_hat = codec.decompress(coded["strings"], coded["shape"])["x_hat"]
     assert x_hat.shape == x.shape
@@ -124,7 +113,7 @@ def test_bitstream_golden(codec):
 
 
 def test_codes_through_a_checkpoint(codec, tmp_path):
-    checkpoint = save_codec(codec, tmp_path / "tcm.pth.tar", TINY, arch="tcm")
+    checkpoint = save_codec(codec, tmp_path / "tcm.pth.tar", TCM_TINY, arch="tcm")
     learned = learned_spec(checkpoint).build()
     rgb = textured_image(50, 70)
     coded = learned.encode(rgb)

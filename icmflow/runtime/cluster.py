@@ -4,6 +4,10 @@ With `gpus`, the local cluster has one worker process per GPU, each seeing only 
 (`CUDA_VISIBLE_DEVICES`) and running one task at a time, so each holds one model on one GPU.
 For GPUs on several machines, start the workers there (e.g. `dask-cuda-worker`, one per GPU)
 and pass their scheduler's address.
+
+Local workers start without dask's `MALLOC_TRIM_THRESHOLD_` (unless the environment sets it):
+fixing that glibc threshold also fixes its mmap threshold, so every tensor above 128 KiB is
+mapped and zeroed afresh, which made a learned codec's encoding 15 % slower per image.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import dask
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_worker
 
 log = logging.getLogger(__name__)
@@ -61,17 +66,18 @@ def dask_client(
         with Client(scheduler) as client:
             yield client
         return
-    if gpus:
-        log.info("local dask cluster: one worker per GPU (%s)", ", ".join(gpus))
-        cluster = _gpu_cluster(gpus)
-    else:
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.WARNING,
-        )
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        if gpus:
+            log.info("local dask cluster: one worker per GPU (%s)", ", ".join(gpus))
+            cluster = _gpu_cluster(gpus)
+        else:
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+            )
     with cluster, Client(cluster) as client:
         yield client
 

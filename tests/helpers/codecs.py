@@ -11,6 +11,19 @@ from icmflow.codecs.architectures import create_model
 from icmflow.coding.learned import LearnedCodecSpec
 from icmflow.core.resume import file_digest
 
+TCM_TINY = {
+    "config": [1, 1, 1, 1, 1, 1],
+    "head_dim": [8, 8, 8, 8, 8, 8],
+    "N": 32,
+    "M": 64,
+    "num_slices": 4,
+    "max_support_slices": 2,
+    "z_channels": 32,
+    "attention_dim": 32,
+    "slice_hidden": [48, 32],
+}
+"""A TCM of one block per stage: the model_args of the tests' tiny TCMs."""
+
 
 def tiny_codec(arch: str = "bmshj2018-hyperprior", seed: int = 0, gain: float = 1.0, **model_args):
     """An untrained codec with its CDF tables built (N=M=16 unless told).
