@@ -35,6 +35,7 @@ def test_sped_up_transforms_compute_the_same_and_keep_the_state_dict(arch):
     torch.testing.assert_close(fast_y, y, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(model.g_s(y), x_hat, rtol=1e-4, atol=1e-4)
     assert fast_y.is_contiguous()  # the entropy models see ordinary tensors
+    assert ("SubpixelDeconv" in repr(model)) == (arch in CONVOLUTIONAL)  # and it prints
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], v) for k, v in before.items())

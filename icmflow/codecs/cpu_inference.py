@@ -17,8 +17,8 @@ layer become modules holding the same parameters, and hooks hand the transforms
 channels-last inputs and return ordinary contiguous outputs, so the entropy models and
 everything after them see the tensors they always saw. Only transforms built entirely of the
 modules in `CHANNELS_LAST_SAFE` are touched (a transform with attention windows or `view`s,
-TCM's, is left alone). The results equal the plain model's to float rounding; the bitstream checks
-(`icmflow.coding.reproducible`) hold because encoding and decoding both run this path.
+TCM's, is left alone). The results equal the plain model's to float rounding; the bitstream
+checks (`icmflow.coding.reproducible`) hold because encoding and decoding both run this path.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class BlockedGDN(GDN):
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-class SubpixelDeconv(nn.ConvTranspose2d):
+class SubpixelDeconv(nn.Module):
     """CompressAI's `deconv` (5×5, stride 2, padding 2, output padding 1; same parameters)
     computed as a 3×3 convolution to the 4 output phases and a pixel shuffle: output phase
     (a, b) at input offset (u, v) uses the kernel tap `TAPS[a][u], TAPS[b][v]` (5: none)."""
@@ -89,9 +89,12 @@ class SubpixelDeconv(nn.ConvTranspose2d):
     TAPS = torch.tensor([[4, 2, 0], [5, 3, 1]])
 
     def __init__(self, deconv: nn.ConvTranspose2d):
-        nn.Module.__init__(self)
+        super().__init__()
         self.in_channels, self.out_channels = deconv.in_channels, deconv.out_channels
         self.weight, self.bias = deconv.weight, deconv.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size=(5, 5), stride=(2, 2)"
 
     @staticmethod
     def fits(module: nn.Module) -> bool:

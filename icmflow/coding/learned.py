@@ -41,7 +41,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 class LearnedCodec:
     """A `CompressionModel` (after `update(force=True)`) as an `ImageCodec`. On a CPU its
-    transforms are sped up in place (`speed_up_transforms`: same state dict, same function)."""
+    transforms are sped up in place (`speed_up_transforms`: same state dict, the same function
+    to float rounding)."""
 
     suffix = ".bin"
 
