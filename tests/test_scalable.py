@@ -27,17 +27,13 @@ from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.trainer import TrainSettings, read_log, train_codec
 from tests.helpers.builders import save_codec
-from tests.helpers.codecs import textured_image, tiny_codec, to_batch
+from tests.helpers.codecs import TCM_TINY, textured_image, tiny_codec, to_batch
 from tests.helpers.dvc import copy_project, run
 from tests.helpers.project import REPO
 
-MACHINE = {
-    "config": [1, 1, 1, 1, 1, 1],
-    "head_dim": [8, 8, 8, 8, 8, 8],
-    "N": 32,
+MACHINE = TCM_TINY | {
     "M": 48,
     "num_slices": 3,
-    "max_support_slices": 2,
     "z_channels": 16,
     "attention_dim": 16,
     "slice_hidden": [24, 16],
