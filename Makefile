@@ -26,17 +26,18 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) pip install --compile-bytecode --python $(BIN)/python -r $(LOCK)
+	$(UV) pip install --compile-bytecode --python $(BIN)/python --no-deps -r $(LOCK)
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 # After changing dependencies in pyproject.toml: pin them all again (Linux x86_64, Python 3.11,
-# the torch/torchvision pair of constraints.txt).
+# the torch/torchvision pair of constraints.txt, the exclusions of overrides.txt). The lock is
+# complete, so `install` takes it as it is (--no-deps): nothing is resolved again.
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) pip compile pyproject.toml --extra dev --constraints constraints.txt \
-		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(LOCK)
+		--overrides overrides.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(LOCK)
 
 # After editing params.yaml: dvc.yaml follows it, then DVC reruns what changed.
 repro: install
