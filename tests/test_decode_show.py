@@ -132,6 +132,14 @@ def test_decode_layered_bitstreams_of_a_scalable_codec(tmp_path, monkeypatch):
     assert "decodes with its machine-layer file" in fails(*args, "--out", "out2")
     invoke("decode", "machine/im.bin", "--codec", str(machine), "--out", "out3")
     np.testing.assert_array_equal(read_rgb(tmp_path / "out3" / "im.png"), coded.machine_image)
+    # in coded datasets: the scalable codec's layers.json names its machine layer's dataset
+    for name, data in (("tcm", coded.machine), ("dc", coded.additional)):
+        (Paths().coded(name) / "bitstreams" / "val").mkdir(parents=True)
+        (Paths().coded(name) / "bitstreams" / "val" / "im.bin").write_bytes(data)
+    (Paths().coded("dc") / "layers.json").write_text('{"machine": "tcm"}')
+    invoke("decode", "data/coded/dc", "--codec", str(human), "--machine", str(machine))
+    decoded = read_rgb(tmp_path / "decoded" / "dc" / "val" / "im.png")
+    np.testing.assert_array_equal(decoded, coded.human_image)
 
 
 def test_show_masks_draws_each_mask_over_its_image(sample_masks, sample_prepared, tmp_path):

@@ -128,3 +128,10 @@ def test_training_defaults_are_the_real_data_recipe():
     assert (defaults.lr, defaults.aux_lr, defaults.clip_max_norm) == (1e-4, 1e-3, 1.0)
     assert (defaults.batch_size, defaults.patch_size) == (16, 256)
     assert defaults.lr_milestones == [round(0.9 * defaults.steps)] and defaults.channels_last
+
+
+@pytest.mark.parametrize("command", ["decode", "show", "init", "params"])
+def test_the_commands_for_ones_own_data_have_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+    assert command in runner.invoke(app, ["--help"]).output
