@@ -270,7 +270,6 @@ def decode(
             machine_bitstreams=machine_bitstreams,
             split=split,
             out=out,
-            paths=Paths(),
         )
         typer.echo(f"decoded {len(decoded)} file(s) to {out}/")
 

@@ -68,9 +68,7 @@ def _coded_root(source: Path) -> tuple[Path, str | None] | None:
     return None
 
 
-def _jobs(
-    source: Path, codec: str | None, split: str | None, out: Path, paths: Paths
-) -> list[_Job]:
+def _jobs(source: Path, codec: str | None, split: str | None, out: Path) -> list[_Job]:
     if not source.exists():
         raise MissingInputError(f"{source}: no such file or folder")
     coded = _coded_root(source)
@@ -81,9 +79,11 @@ def _jobs(
     root, own = coded
     splits = [own] if own else [split] if split else []
     splits = splits or sorted(p.name for p in (root / BITSTREAMS).iterdir() if p.is_dir())
-    if codec is None and any(f.suffix == LEARNED_SUFFIX for f in bitstream_files(root)):
+    if codec is None and any(
+        f.suffix == LEARNED_SUFFIX for f in bitstream_files(root / BITSTREAMS)
+    ):
         codec = coded_codec(root)
-    machine = _machine_dataset(root, paths)
+    machine = _machine_dataset(root)
     jobs = []
     for each in splits:
         folder = root / BITSTREAMS / each
@@ -98,12 +98,13 @@ def _jobs(
     return jobs
 
 
-def _machine_dataset(coded_dir: Path, paths: Paths) -> Path | None:
-    """A scalable codec's coded dataset: its machine layer's (`layers.json`), else None."""
+def _machine_dataset(coded_dir: Path) -> Path | None:
+    """For a scalable codec's coded dataset, its machine layer's (named in `layers.json`, a
+    sibling under data/coded); else None."""
     layers = coded_dir / "layers.json"
     if not layers.is_file():
         return None
-    return paths.coded(json.loads(layers.read_text())["machine"])
+    return coded_dir.parent / json.loads(layers.read_text())["machine"]
 
 
 def decode(
@@ -114,14 +115,13 @@ def decode(
     machine_bitstreams: Path | None,
     split: str | None,
     out: Path,
-    paths: Paths,
 ) -> list[Decoded]:
     """Decode every bitstream file the `sources` name (files, folders, coded datasets or
     their splits) to PNGs under `out`; `codec_of` builds the coder of a codec's name."""
     coders: dict[str, object] = {}
     decoded: list[Decoded] = []
     for source in sources:
-        for job in _jobs(Path(source), codec, split, out, paths):
+        for job in _jobs(Path(source), codec, split, out):
             if job.codec is not None and job.codec not in coders:
                 coders[job.codec] = codec_of(job.codec)
             coder = None if job.codec is None else coders[job.codec]
@@ -173,7 +173,7 @@ def show_coded(
     their error, captioned with bpp and PSNR."""
     from icmflow.coding.coded_dataset import coded_split, read_bytes_per_image
 
-    split = split or _only_split(coded_dir)
+    split = split or _default_split(coded_dir)
     coded = PreparedDataset.load(coded_split(coded_dir, split))
     source = _prepared(dataset or Path(coded.data["icmflow"]["source"]), coded_dir)
     originals = {image["id"]: image for image in source.images}
@@ -217,7 +217,7 @@ def comparison(original: np.ndarray, decoded: np.ndarray, label: str) -> np.ndar
     )
 
 
-def _only_split(coded_dir: Path) -> str:
+def _default_split(coded_dir: Path) -> str:
     splits = sorted(p.stem for p in (Path(coded_dir) / "annotations").glob("*.json"))
     if not splits:
         raise MissingInputError(f"{coded_dir}: no coded dataset here (no annotations/<split>.json)")
