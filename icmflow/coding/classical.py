@@ -127,6 +127,16 @@ class Heif(PillowCodec):
         return {"quality": self.quality, "chroma": self.chroma}
 
 
+def classical_decoder(suffix: str) -> PillowCodec:
+    """A codec of the family whose files end in `suffix` (`.jpg`, ...), to decode such files:
+    decoding needs none of the encoder's settings."""
+    for family, codec in CLASSICAL.items():
+        if codec.suffix == suffix.lower():
+            return codec.model_construct(family=family).build()
+    known = ", ".join(codec.suffix for _, codec in CLASSICAL.items())
+    raise BitstreamError(f"no classical codec writes {suffix!r} files (they write {known})")
+
+
 def _register_plugins() -> None:
     """Make Pillow read and write HEIF (once per process)."""
     from pillow_heif import register_heif_opener

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from statistics import fmean
 
+import numpy as np
 from tqdm import tqdm
 
 from icmflow.core.errors import MissingInputError
@@ -29,10 +30,11 @@ def _finite_mean(values: list[float]) -> float:
 def evaluate_coded(
     source: PreparedDataset,
     coded: PreparedDataset,
-    masks: MaskStore,
+    masks: MaskStore | None,
     bytes_per_image: dict[int, int],
 ) -> tuple[list[dict], dict]:
-    """Per-image rows and dataset aggregates (see `DEFINITIONS`)."""
+    """Per-image rows and dataset aggregates (see `DEFINITIONS`); without `masks` (a dataset
+    without annotations) every image counts as one without objects."""
     coded_by_id = {image["id"]: image for image in coded.images}
     rows = []
     for image in tqdm(source.images, desc="evaluate", unit="img"):
@@ -46,7 +48,8 @@ def evaluate_coded(
         row = {"image_id": image_id, "file_name": image["file_name"]}
         row["bytes"] = bytes_per_image[image_id]
         row["bpp"] = 8 * row["bytes"] / (image["width"] * image["height"])
-        row.update(image_metrics(original, decoded, masks.mask(image_id)))
+        mask = np.zeros(original.shape[:2], bool) if masks is None else masks.mask(image_id)
+        row.update(image_metrics(original, decoded, mask))
         rows.append(row)
     pixels = sum(image["width"] * image["height"] for image in source.images)
     summary = {

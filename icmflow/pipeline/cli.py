@@ -219,3 +219,174 @@ def finetune(codec: Codec, name: Task) -> None:
 def report() -> None:
     """Write the RD table, BD-rates and RD plots over all codecs to results/report."""
     _run("report")
+
+
+@app.command()
+def decode(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Bitstream files, folders of them, or coded datasets (data/coded/<codec>) or "
+            "their splits (data/coded/<codec>/bitstreams/<split>)."
+        ),
+    ],
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            help="The codec: its entry in params.yaml or its checkpoint's path. Default: a coded "
+            "dataset's own codec; .jpg/.webp/.avif/.heic files need none."
+        ),
+    ] = None,
+    machine: Annotated[
+        Path | None,
+        typer.Option(help="A scalable codec given by checkpoint: its machine layer's checkpoint."),
+    ] = None,
+    machine_bitstreams: Annotated[
+        Path | None,
+        typer.Option(
+            help="A scalable codec's files outside a coded dataset: the folder of their "
+            "machine-layer files (same names)."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Of a coded dataset, this split only (default: all).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the PNGs go.")] = Path("decoded"),
+) -> None:
+    """Decode bitstream files to PNGs (any codec family; a scalable codec's two layers).
+
+    Not a DVC stage. Learned bitstreams are verified as encode verifies them: a file decoded
+    with another checkpoint, or damaged, is an error naming it.
+    """
+
+    def action() -> None:
+        from icmflow.pipeline.look import codec_of
+        from icmflow.pipeline.look import decode as decode_all
+
+        decoded = decode_all(
+            sources,
+            codec=codec,
+            codec_of=lambda value: codec_of(value, _settings["params"], machine),
+            machine_bitstreams=machine_bitstreams,
+            split=split,
+            out=out,
+        )
+        typer.echo(f"decoded {len(decoded)} file(s) to {out}/")
+
+    _guarded("decode", action)
+
+
+@app.command()
+def show(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A mask store (data/masks/<dataset>/<kind>/<split>.zarr), a coded dataset "
+            "(data/coded/<codec>), or a decoded image with --original."
+        ),
+    ],
+    original: Annotated[
+        Path | None, typer.Option(help="The original of the decoded image PATH.")
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="The prepared dataset JSON whose images to draw on (default: the one the store "
+            "or coded dataset records)."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="A coded dataset's split (default: val, else the first).")
+    ] = None,
+    images: Annotated[int, typer.Option(min=1, help="How many images.")] = 8,
+    out: Annotated[
+        Path | None, typer.Option(help="Where the PNGs go (default: shown/<what>).")
+    ] = None,
+) -> None:
+    """Write PNGs to look at: masks over their images, coded images beside their originals.
+
+    Not a DVC stage. Mask pictures: each image and the same with its object mask (red) or SAM
+    edge mask (green). Coded pictures: original, decoded (bpp, PSNR) and their error.
+    """
+
+    def action() -> None:
+        from icmflow.pipeline.look import show_coded, show_masks, show_pair
+
+        if original is not None:
+            target = show_pair(path, original, out)
+        elif path.suffix == ".zarr" or (path / "zarr.json").is_file():
+            target = show_masks(path, dataset=dataset, images=images, out=out)
+        elif (path / "annotations").is_dir():
+            target = show_coded(path, split=split, dataset=dataset, images=images, out=out)
+        else:
+            raise IcmflowError(
+                f"{path}: not a mask store (.zarr), a coded dataset (data/coded/<codec>), nor a "
+                "decoded image given with --original"
+            )
+        typer.echo(f"wrote {target}")
+
+    _guarded("show", action)
+
+
+@app.command()
+def init(
+    root: Annotated[Path, typer.Option(help="The dataset's folder (e.g. photos/).")],
+    format: Annotated[
+        str, typer.Option(help="Its format: images (no annotations), coco, yolo, ...")
+    ] = "images",
+    name: Annotated[
+        str | None, typer.Option(help="The dataset's name (default: the folder's).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing params file.")] = False,
+) -> None:
+    """Write a minimal, commented params.yaml (--params) for your own dataset.
+
+    One dataset (splits found in its format's usual layout), the training defaults written out,
+    one learned codec and JPEG anchors. Then `icmflow pipeline && dvc repro`.
+    """
+
+    def action() -> None:
+        import re
+
+        from icmflow.pipeline.params import load_params
+        from icmflow.pipeline.starter import starter_params
+
+        path = Path(_settings["params"])
+        if path.exists() and not force:
+            raise IcmflowError(
+                f"{path}: exists; pass --force to overwrite it, or --params elsewhere"
+            )
+        key = name or re.sub(r"[^A-Za-z0-9_-]+", "-", root.absolute().name).strip("-") or "data"
+        write_text(path, starter_params(format=format, root=root.as_posix(), name=key))
+        load_params(path)
+        typer.echo(f"wrote {path}; next: icmflow --params {path} pipeline && dvc repro")
+
+    _guarded("init", action)
+
+
+@app.command("params")
+def params_command(
+    resolved: Annotated[
+        bool,
+        typer.Option(help="Print the whole effective configuration, every default filled in."),
+    ] = False,
+) -> None:
+    """Check params.yaml (schema, cross-references, registries); --resolved prints it all."""
+
+    def action() -> None:
+        import yaml
+
+        from icmflow.pipeline.params import check_registered, load_params
+        from icmflow.pipeline.params.resolved import resolved as resolve
+
+        params = load_params(_settings["params"])
+        check_registered(params)
+        if resolved:
+            typer.echo(yaml.safe_dump(resolve(params), sort_keys=False, width=100), nl=False)
+        else:
+            typer.echo(
+                f"{_settings['params']} is valid: {len(params.datasets)} datasets, "
+                f"{len(params.codecs)} codecs, {len(params.tasks)} tasks"
+            )
+
+    _guarded("params", action)

@@ -175,15 +175,19 @@ class _Builder:
                 code=[CHECK_OUT, *self.code("prepare")],
                 params=self.keys("prepare.on_error", "prepare.decode_images"),
                 outs=["data/prepared/${key}"],
-            ),
-            "masks": _group(
+            )
+        }
+        annotated = {  # object masks are made from annotations
+            name: prepared[name] for name, entry in p.datasets.items() if entry.has_annotations
+        }
+        if annotated:
+            stages["masks"] = _group(
                 "icmflow masks ${key}",
-                prepared,
+                annotated,
                 code=self.code("masks"),
                 params=self.keys(*mask_params),
                 outs=["data/masks/${key}/object"],
-            ),
-        }
+            )
         if p.edges.datasets:
             edge_keys = (
                 "points_per_side",
@@ -247,7 +251,9 @@ class _Builder:
             if name in p.finetuned_codecs:  # codes the training split too
                 own_keys += self.keys("encode.train_split")
             encode_items[name] = ([encoded, *own_input], own_keys)
-        object_masks = str(paths.masks("object", p.encode.dataset))
+        evaluated = [encoded]  # and the object masks, for object PSNR, where there are any
+        if p.dataset(p.encode.dataset).has_annotations:
+            evaluated.append(str(paths.masks("object", p.encode.dataset)))
         return {
             "train": _group(
                 "icmflow train ${key}",
@@ -273,7 +279,7 @@ class _Builder:
             "evaluate": _group(
                 "icmflow evaluate ${key}",
                 {name: (self.evaluated(name), []) for name in p.codecs},
-                code=[encoded, object_masks, *self.code("evaluate")],
+                code=[*evaluated, *self.code("evaluate")],
                 params=self.keys("encode.dataset", "encode.split"),
                 outs=[
                     "results/metrics/${key}/per_image.csv",

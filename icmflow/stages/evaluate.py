@@ -31,11 +31,13 @@ def run(params: Params, paths: Paths, name: str) -> None:
         layers = layer_bytes(paths.coded(entry.machine), coded_dir, options.split)
         sizes = {image_id: size["total"] for image_id, size in layers.items()}
     source = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    masks = (  # a dataset without annotations has no object masks: no object PSNR
+        MaskStore(paths.mask_store("object", options.dataset, options.split))
+        if params.dataset(options.dataset).has_annotations
+        else None
+    )
     rows, summary = evaluate_coded(
-        source,
-        PreparedDataset.load(coded_split(coded_dir, options.split)),
-        MaskStore(paths.mask_store("object", options.dataset, options.split)),
-        sizes,
+        source, PreparedDataset.load(coded_split(coded_dir, options.split)), masks, sizes
     )
     if is_scalable(entry):
         summary |= _layer_rates(source, rows, layers) | {"layers": read_layers(coded_dir)}

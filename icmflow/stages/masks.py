@@ -15,7 +15,7 @@ from icmflow.core.files import remove, replace
 from icmflow.core.storage import download
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_object_masks
-from icmflow.pipeline.params import Params
+from icmflow.pipeline.params import Params, ParamsError
 from icmflow.pipeline.paths import Paths, shared_store, shared_work
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.cluster import dask_client
@@ -75,6 +75,13 @@ def build_split_stores(
 
 
 def run(params: Params, paths: Paths, dataset: str) -> None:
+    entry = params.dataset(dataset)
+    if not entry.has_annotations:
+        raise ParamsError(
+            f"dataset {dataset!r} has format {entry.format}, without annotations: object masks "
+            "are made from annotations, so it has none (and no masks@ stage). Objectives "
+            "without masks (mse, edge) train on it; evaluate measures PSNR and MS-SSIM"
+        )
     options = params.masks
     include_crowd = options.crowd == "include"
     recorded: dict[str, Any] = {"masks": options.model_dump()}

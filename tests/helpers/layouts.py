@@ -125,3 +125,17 @@ def write_tiny(format: str, root: Path) -> Tiny:
     assert len(read["images"]) == len(SIZES)
     assert len(read["annotations"]) == len(coco["annotations"])
     return tiny
+
+
+def write_photos(root: Path, files: dict[str, tuple[int, int]]) -> None:
+    """A folder of images without annotations (`format: images`): `root/<relative path>` of
+    the given (height, width), in the format of its suffix, grey when the name says `gray`."""
+    from PIL import Image
+
+    from tests.helpers.codecs import textured_image
+
+    for k, (name, (height, width)) in enumerate(files.items()):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(textured_image(height, width, seed=k))
+        image.convert("L" if "gray" in name else "RGB").save(path)

@@ -4,7 +4,16 @@ A new format is one module here that registers a `DatasetFormat` (its options an
 import below.
 """
 
-from icmflow.datasets.formats import cityscapes, coco, visdrone, yolo
+from icmflow.datasets.formats import cityscapes, coco, images, visdrone, yolo
 from icmflow.datasets.formats.base import FORMATS, DatasetFormat, FormatOptions
 
-__all__ = ["FORMATS", "DatasetFormat", "FormatOptions", "cityscapes", "coco", "visdrone", "yolo"]
+__all__ = [
+    "FORMATS",
+    "DatasetFormat",
+    "FormatOptions",
+    "cityscapes",
+    "coco",
+    "images",
+    "visdrone",
+    "yolo",
+]

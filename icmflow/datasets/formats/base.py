@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +19,7 @@ from icmflow.datasets.coco import RawDataset
 
 class Reader(Protocol):
     def __call__(
-        self, annotations: Path, images: Path, problems: ProblemLog, **options: Any
+        self, annotations: Path | None, images: Path, problems: ProblemLog, **options: Any
     ) -> RawDataset: ...
 
 
@@ -27,6 +27,10 @@ class FormatOptions(BaseModel):
     """A format's own settings in a dataset entry (besides `root` and `splits`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    annotated: ClassVar[bool] = True
+    """Whether the format has annotations (each split's `annotations`); without them a dataset
+    serves codec training without object masks, encoding and RD evaluation only."""
 
     def reader_options(self, root: Path) -> dict[str, Any]:
         """The reader's keyword arguments; `root` is the dataset's folder."""

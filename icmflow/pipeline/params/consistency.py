@@ -139,6 +139,35 @@ def _task_problems(params: Params) -> list[Problem]:
     return problems
 
 
+def unannotated(params: Params, dataset: str) -> bool:
+    """Whether `dataset` is under datasets with a format without annotations (images)."""
+    return dataset in params.datasets and not params.datasets[dataset].has_annotations
+
+
+def _annotation_problems(params: Params) -> list[Problem]:
+    """Task models read annotations: to train, and to be scored on `encode.dataset`."""
+    problems: list[Problem] = []
+    dataset = params.encode.dataset
+    if params.tasks and unannotated(params, dataset):
+        problems.append(
+            (
+                "tasks",
+                f"task models are scored against annotations, but encode.dataset {dataset!r} "
+                f"has format {params.datasets[dataset].format} (no annotations): encode an "
+                "annotated dataset (coco, yolo, visdrone, cityscapes) or remove tasks",
+            )
+        )
+    for name, task in params.tasks.items():
+        if task.train and unannotated(params, task.train.dataset):
+            problems.append(
+                (
+                    f"tasks.{name}.train.dataset",
+                    f"{task.train.dataset!r} has no annotations to train a task model on",
+                )
+            )
+    return problems
+
+
 def _bit_map_problems(params: Params) -> list[Problem]:
     problems: list[Problem] = []
     for first, second in params.bit_maps.pairs:
@@ -166,4 +195,5 @@ def consistency_problems(params: Params) -> list[Problem]:
             problems.append(
                 ("report.anchors", f"{anchor!r} is no codec series (series: {', '.join(series)})")
             )
-    return problems + _task_problems(params) + _sam_problems(params) + _bit_map_problems(params)
+    problems += _task_problems(params) + _annotation_problems(params)
+    return problems + _sam_problems(params) + _bit_map_problems(params)

@@ -7,7 +7,7 @@ from operator import or_
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.formats.base import FormatOptions
@@ -15,9 +15,11 @@ from icmflow.pipeline.params.sections import Section
 
 
 class SplitParams(Section):
-    annotations: str = Field(
+    annotations: str | None = Field(
+        None,
         description="relative to the dataset root: the COCO instances JSON (coco), or the "
-        "folder of annotations/ (visdrone), labels/<split> (yolo), gtFine/<split> (cityscapes)"
+        "folder of annotations/ (visdrone), labels/<split> (yolo), gtFine/<split> (cityscapes); "
+        "none for format images",
     )
     images: str = Field(description="image folder, relative to the dataset root")
 
@@ -26,11 +28,36 @@ class DatasetBase(Section):
     root: str = Field(description="folder holding the dataset; DVC tracks it as a dependency")
     splits: dict[str, SplitParams]
 
-    def split_paths(self, split: str) -> tuple[Path, Path]:
-        """(annotations file or folder, image folder) of `split`."""
+    @model_validator(mode="after")
+    def _annotations_as_the_format_has_them(self) -> DatasetBase:
+        assert isinstance(self, FormatOptions)
+        format = getattr(self, "format", "coco")
+        for split, entry in self.splits.items():
+            if self.annotated and entry.annotations is None:
+                raise ValueError(
+                    f"splits.{split}.annotations is required by format {format} (a folder of "
+                    "images without annotations is format images)"
+                )
+            if not self.annotated and entry.annotations is not None:
+                raise ValueError(
+                    f"splits.{split}.annotations: format {format} reads images only; remove it "
+                    "(or use a format with annotations: coco, yolo, ...)"
+                )
+        return self
+
+    @property
+    def has_annotations(self) -> bool:
+        """Whether its format has annotations (object masks, object metrics and tasks need
+        them)."""
+        assert isinstance(self, FormatOptions)
+        return self.annotated
+
+    def split_paths(self, split: str) -> tuple[Path | None, Path]:
+        """(annotations file or folder, or None without annotations; image folder) of `split`."""
         root = Path(self.root)
         entry = self.splits[split]
-        return root / entry.annotations, root / entry.images
+        annotations = None if entry.annotations is None else root / entry.annotations
+        return annotations, root / entry.images
 
     def reader_kwargs(self) -> dict[str, Any]:
         """The format's own reader arguments (entries also derive from their `FormatOptions`)."""

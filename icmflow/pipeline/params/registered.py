@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import inspect
 
-from icmflow.pipeline.params.codecs import is_compressed_domain, is_learned, is_scalable
-from icmflow.pipeline.params.consistency import Problem
+from icmflow.pipeline.params.codecs import (
+    LearnedEntry,
+    is_compressed_domain,
+    is_learned,
+    is_scalable,
+)
+from icmflow.pipeline.params.consistency import Problem, unannotated
 from icmflow.pipeline.params.project import Params, ParamsError
 
 
@@ -46,6 +51,15 @@ def registered_problems(params: Params) -> list[Problem]:
         except TypeError as err:
             problems.append((f"{key}.objective_args", f"{entry.objective}: {err}"))
         dataset = params.training(name).dataset
+        if unannotated(params, dataset) and (needs := _annotations_needed(objective, entry)):
+            problems.append(
+                (
+                    f"{key}.objective",
+                    f"{entry.objective} trains on {needs}, but its training dataset {dataset!r} "
+                    "has no annotations (format images): train it on an annotated dataset, or "
+                    "use an objective without them (mse, edge)",
+                )
+            )
         if "edge" in objective.mask_kinds and dataset not in params.edges.datasets:
             problems.append(
                 (
@@ -56,6 +70,18 @@ def registered_problems(params: Params) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _annotations_needed(objective: type, entry: LearnedEntry) -> str | None:
+    """What of a dataset's annotations the objective of `entry` reads, or None."""
+    if "object" in objective.mask_kinds:
+        return "object masks (made from annotations)"
+    targets = inspect.signature(objective).parameters.get("targets")
+    if targets is not None and entry.objective_args.get("targets", targets.default) == (
+        "ground-truth"
+    ):
+        return "ground-truth targets (objective_args.targets)"
+    return None
 
 
 def task_problems(params: Params) -> list[Problem]:
