@@ -25,8 +25,27 @@ def _split_problems(params: Params, key: str, dataset: str, split: str) -> list[
     return []
 
 
+def _schedule_problems(params: Params) -> list[Problem]:
+    """Milestones given to the poly schedule, which has none (in `train` or a codec's `train`)."""
+    settings = [("train", params.train)]
+    for name in params.trained_codecs:
+        overrides = params.codec(name).train
+        if overrides.lr_schedule or overrides.lr_milestones is not None:
+            settings.append((f"codecs.{name}.train", params.training(name)))
+    return [
+        (
+            key,
+            f"lr_milestones {train.lr_milestones} are for lr_schedule multistep; poly decays "
+            "over the steps after lr_poly_start: set lr_milestones: []",
+        )
+        for key, train in settings
+        if train.lr_schedule == "poly" and train.lr_milestones
+    ]
+
+
 def _training_problems(params: Params) -> list[Problem]:
     problems = _split_problems(params, "train", params.train.dataset, params.train.split)
+    problems += _schedule_problems(params)
     for name in params.learned_codecs:
         entry, train = params.learned(name), params.training(name)
 

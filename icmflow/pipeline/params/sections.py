@@ -76,7 +76,18 @@ class TrainParams(Section):
     lr: float = Field(1e-4, gt=0)
     aux_lr: float = Field(1e-3, gt=0)
     clip_max_norm: float = Field(1.0, ge=0)
-    lr_milestones: list[int] = Field(default_factory=list)
+    lr_schedule: Literal["multistep", "poly"] = Field(
+        "multistep",
+        description="multistep: tenfold drops after lr_milestones; poly: polynomial decay over "
+        "the steps after lr_poly_start (the auxiliary-loss paper's)",
+    )
+    lr_milestones: list[int] = Field(
+        default_factory=list, description="multistep: steps after which lr drops tenfold"
+    )
+    lr_poly_power: float = Field(0.9, gt=0, description="poly: the decay's power")
+    lr_poly_start: float = Field(
+        0.5, ge=0, lt=1, description="poly: fraction of the steps before the decay starts"
+    )
     seed: int = Field(0, description="initial weights and crop order")
     num_workers: int = Field(0, ge=0)
     cache_images: bool | Literal["auto"] = Field(
