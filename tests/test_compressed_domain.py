@@ -9,11 +9,9 @@ import torch
 from compressai.models import JointAutoregressiveHierarchicalPriors as ContextModel
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torchvision.models import ResNet
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.resnet import BasicBlock
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from icmflow.codecs.compressed_domain import (
     ChannelGate,
@@ -25,34 +23,7 @@ from icmflow.codecs.compressed_domain import (
     paper_flops,
     primary_loss,
 )
-
-CLASSES = 3
-
-
-def tiny_deeplab(seed: int) -> DeepLabV3:
-    """DeepLabV3 on a ResNet of one basic block per stage (the paper uses ResNet-50)."""
-    torch.manual_seed(seed)
-    resnet = ResNet(BasicBlock, [1, 1, 1, 1])
-    return DeepLabV3(IntermediateLayerGetter(resnet, {"layer4": "out"}), DeepLabHead(512, CLASSES))
-
-
-def build(
-    codec_class: type[ScaleHyperprior] = ScaleHyperprior,
-) -> tuple[CompressedDomainCodec, dict[str, SegmentationTail]]:
-    torch.manual_seed(0)
-    codec = codec_class(8, 16)
-    tails = {"seg": SegmentationTail(tiny_deeplab(1)), "fg": SegmentationTail(tiny_deeplab(2))}
-    teachers = {
-        name: copy.deepcopy(tail).eval().requires_grad_(False) for name, tail in tails.items()
-    }
-    return CompressedDomainCodec(codec, tails, primary="seg"), teachers
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(2, 3, 64, 64, generator=generator)
-    labels = torch.randint(0, CLASSES, (2, 64, 64), generator=generator)
-    return x, labels
+from tests.helpers.compressed_domain import CLASSES, batch, build, tiny_deeplab
 
 
 def test_primary_task_trains_codec_and_branch_jointly():

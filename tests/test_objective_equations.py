@@ -21,8 +21,8 @@ from icmflow.training.objectives import OBJECTIVES
 from icmflow.vision.tasks.base import TaskModelSpec
 from icmflow.vision.tasks.differentiable import load_task_loss
 from tests.helpers.builders import random_task_weights
-from tests.test_compressed_domain import batch as labelled_batch
-from tests.test_compressed_domain import build as compressed_domain_codec
+from tests.helpers.compressed_domain import batch as labelled_batch
+from tests.helpers.compressed_domain import build as compressed_domain_codec
 
 SCALE = 255**2
 """CompressAI's λ scale: λ·255²·MSE on images in [0, 1]."""
