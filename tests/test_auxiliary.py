@@ -193,3 +193,36 @@ def test_a_deeplab_segmentation_loss_trains_eq_6_and_stays_frozen(tmp_path):
     assert {"task_loss", "branch_loss", "mse"} <= set(result.last)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.last.values())
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+
+
+def test_the_branches_of_tables_1_and_2(yolo):
+    """Table 1 (detection): ResNeXt bottlenecks, grouped 3×3; Table 2 (segmentation): ResNet's
+    basic blocks, two plain 3×3 each; both 128, 256, 256, 512 wide at strides 4–32."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock
+
+    from icmflow.codecs.aux_branch import PAPER_WIDTHS, AuxiliaryBackbone, Bottleneck
+
+    def three_by_three(block: nn.Module) -> list[tuple[int, int, int]]:
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        return [(c.out_channels, c.groups, c.stride[0]) for c in convs if c.kernel_size == (3, 3)]
+
+    latent = torch.zeros(1, 192, 4, 4)  # a 64×64 image's ŷ
+    for backbone, block in (("resnext", Bottleneck), ("resnet", BasicBlock)):
+        branch = AuxiliaryBackbone(192, PAPER_WIDTHS, backbone=backbone)
+        blocks = [branch.conv2, *branch.stages]
+        assert all(isinstance(b, block) for b in blocks)
+        widths = [three_by_three(b) for b in blocks]
+        if backbone == "resnext":
+            assert widths == [[(128, 32, 1)], [(256, 32, 2)], [(256, 32, 2)], [(512, 32, 2)]]
+        else:
+            assert widths == [
+                [(128, 1, 1), (128, 1, 1)],
+                [(256, 1, 2), (256, 1, 1)],
+                [(256, 1, 2), (256, 1, 1)],
+                [(512, 1, 2), (512, 1, 1)],
+            ]
+        shapes = [tuple(f.shape[1:]) for f in branch(latent)]
+        assert shapes == [(256, 8, 8), (256, 4, 4), (512, 2, 2)]  # strides 8, 16, 32
+    with pytest.raises(ValueError, match="branch_backbone 'vgg': resnext or resnet"):
+        objective("aux-loss", yolo, branch_backbone="vgg")

@@ -6,13 +6,12 @@ import copy
 
 import pytest
 import torch
-from compressai.models import ScaleHyperprior
+from compressai.models import JointAutoregressiveHierarchicalPriors as ContextModel
+from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torchvision.models import ResNet
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.resnet import BasicBlock
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from icmflow.codecs.compressed_domain import (
     ChannelGate,
@@ -21,34 +20,10 @@ from icmflow.codecs.compressed_domain import (
     SegmentationTail,
     flops_compared,
     machine_loss,
+    paper_flops,
     primary_loss,
 )
-
-CLASSES = 3
-
-
-def tiny_deeplab(seed: int) -> DeepLabV3:
-    """DeepLabV3 on a ResNet of one basic block per stage (the paper uses ResNet-50)."""
-    torch.manual_seed(seed)
-    resnet = ResNet(BasicBlock, [1, 1, 1, 1])
-    return DeepLabV3(IntermediateLayerGetter(resnet, {"layer4": "out"}), DeepLabHead(512, CLASSES))
-
-
-def build() -> tuple[CompressedDomainCodec, dict[str, SegmentationTail]]:
-    torch.manual_seed(0)
-    codec = ScaleHyperprior(8, 16)
-    tails = {"seg": SegmentationTail(tiny_deeplab(1)), "fg": SegmentationTail(tiny_deeplab(2))}
-    teachers = {
-        name: copy.deepcopy(tail).eval().requires_grad_(False) for name, tail in tails.items()
-    }
-    return CompressedDomainCodec(codec, tails, primary="seg"), teachers
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(2, 3, 64, 64, generator=generator)
-    labels = torch.randint(0, CLASSES, (2, 64, 64), generator=generator)
-    return x, labels
+from tests.helpers.compressed_domain import CLASSES, batch, build, tiny_deeplab
 
 
 def test_primary_task_trains_codec_and_branch_jointly():
@@ -123,8 +98,20 @@ def _force_gate(model: CompressedDomainCodec, task: str, kept: int) -> None:
         last.bias[channels : channels + kept] = 1.0
 
 
-def test_machine_bitstream_decodes_the_tasks_prediction_alone():
-    model, _ = build()
+def eval_latent(codec: ScaleHyperprior, image: torch.Tensor) -> torch.Tensor:
+    """ŷ as the codec's eval forward pass hands it to g_s: round(y − μ) + μ (μ = 0 without
+    means)."""
+    captured = {}
+    hook = codec.g_s.register_forward_pre_hook(lambda _, args: captured.setdefault("y", args[0]))
+    with torch.no_grad():
+        codec(image)
+    hook.remove()
+    return captured["y"]
+
+
+@pytest.mark.parametrize("codec_class", [ScaleHyperprior, MeanScaleHyperprior])
+def test_machine_bitstream_decodes_the_tasks_prediction_alone(codec_class):
+    model, _ = build(codec_class)
     with torch.no_grad():  # latents far from zero, so that every channel costs bits
         model.codec.g_a[-1].weight.mul_(50)
     model.codec.update(force=True)
@@ -137,7 +124,9 @@ def test_machine_bitstream_decodes_the_tasks_prediction_alone():
     logits = model.decompress_machine(coded.data, "seg")["logits"]
     with torch.no_grad():  # the eval forward path from the same quantised latent
         branch = model.branches["seg"]
-        y_hat = model.codec.g_a(image).round()
+        y_hat = eval_latent(model.codec, image)
+        if codec_class is MeanScaleHyperprior:  # the means are in: ŷ is no integer
+            assert not torch.equal(y_hat, y_hat.round())
         selected = y_hat * branch.gate(y_hat)[:, :, None, None]
         expected = branch.tail(branch.transform(selected), (64, 64))["logits"]
     assert logits.shape == (1, CLASSES, 64, 64)
@@ -147,14 +136,39 @@ def test_machine_bitstream_decodes_the_tasks_prediction_alone():
     assert len(fewer.data) < len(coded.data) - 20
 
 
+def test_a_codec_with_a_context_model_has_no_compressed_domain():
+    with pytest.raises(TypeError, match=r"bmshj2018-hyperprior .* or mbt2018-mean"):
+        CompressedDomainCodec(
+            ContextModel(8, 16), {"seg": SegmentationTail(tiny_deeplab(1))}, "seg"
+        )
+
+
 def test_flops_of_the_compressed_domain_path_against_decode_then_infer():
     model, _ = build()
     x, _ = batch()
     figures = flops_compared(model, "seg", x[:1], tiny_deeplab(1).eval())
-    assert figures["compressed_domain_flops"] > 0
-    assert figures["decode_then_infer_flops"] > 0
+    assert 0 < figures["compressed_domain_flops"] < figures["decode_then_infer_flops"]
     expected = 100 * (1 - figures["compressed_domain_flops"] / figures["decode_then_infer_flops"])
     assert figures["saving_percent"] == pytest.approx(expected)
+
+
+README_FLOPS = {
+    # README, "Compressed-domain analysis": GFLOPs after entropy decoding, hyperprior N=128
+    # M=192 and ResNet-50 task networks: (task, image size, classes, compressed, decode+infer)
+    "segmentation": ((1024, 2048), 19, 2620.5, 2794.1),
+    "detection": ((1024, 1472), 21, 595.6, 720.5),
+}
+
+
+@pytest.mark.parametrize("task", sorted(README_FLOPS))
+def test_the_compressed_domain_path_is_cheaper_at_the_readmes_sizes(task):
+    """The figures the README quotes, counted at their real size on meta tensors (no arithmetic
+    runs: about a second each)."""
+    size, classes, compressed, pixel = README_FLOPS[task]
+    figures = paper_flops(task, size, classes=classes)
+    assert figures["compressed_domain_flops"] < figures["decode_then_infer_flops"]
+    assert figures["compressed_domain_flops"] / 1e9 == pytest.approx(compressed, abs=0.05)
+    assert figures["decode_then_infer_flops"] / 1e9 == pytest.approx(pixel, abs=0.05)
 
 
 def tiny_rcnn() -> FasterRCNN:

@@ -17,7 +17,7 @@ from icmflow.pipeline.params import ParamsError, check_registered, load_params
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.targets import GroundTruth
-from icmflow.training.trainer import TrainSettings, train_codec
+from icmflow.training.trainer import TrainSettings, read_log, train_codec
 from icmflow.vision.tasks.base import Detections, TaskModelSpec
 from icmflow.vision.tasks.differentiable import load_task_loss
 from icmflow.vision.tasks.torchvision_backend import load_model
@@ -110,19 +110,97 @@ def test_a_checkpoint_without_a_branch_is_refused(tmp_path):
         load_machine_codec(path, load_model(spec, spec.weights), "task")
 
 
-def test_the_objective_refuses_a_codec_with_means(tmp_path):
+def test_a_mean_scale_codec_trains_and_codes_machine_bitstreams(sample_prepared, tmp_path):
+    """Eq. 1's μ_y: an mbt2018-mean codec's gated channels are coded with their means."""
     spec = task_spec("semantic_segmentation", tmp_path)
     objective = OBJECTIVES["compressed-domain"](
-        lmbda=0.01, task=load_task_loss("torchvision", spec)
+        lmbda=0.01, task=load_task_loss("torchvision", spec), targets="model"
     )
-    with pytest.raises(TypeError, match="needs a bmshj2018-hyperprior"):
-        objective.bind(create_model("mbt2018-mean", seed=0, N=16, M=24))
+    with pytest.raises(TypeError, match=r"bmshj2018-hyperprior .* or mbt2018-mean"):
+        objective.bind(create_model("mbt2018", seed=0, N=16, M=24))  # its context model
+    model = create_model("mbt2018-mean", seed=0, N=16, M=24)
+    objective.bind(model)
+    crops = TrainingCrops(sample_prepared["train"], {}, 64)
+    result = train_codec(model, objective, crops, SETTINGS, log_path=tmp_path / "log.csv")
+    assert all(np.isfinite(v) for v in result.last.values())
+    checkpoint = save_trained(
+        result,
+        tmp_path / "checkpoint.pth.tar",
+        {"N": 16, "M": 24},
+        step=2,
+        extra=objective.checkpoint_extra(),
+        arch="mbt2018-mean",
+    )
+    codec = load_machine_codec(checkpoint, load_model(spec, spec.weights), "task")
+    coded = codec.encode(textured_image(70, 90, seed=3))
+    predicted = codec.decode(coded.data)
+    assert predicted.shape == (70, 90) and np.array_equal(predicted, codec.decode(coded.data))
+
+
+class Stop(Exception):
+    pass
+
+
+def weights(*modules: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for m in modules for n, p in m.named_parameters()}
+
+
+def test_kd_warmup_trains_on_the_distillation_loss_alone_and_resumes_in_it(
+    sample_prepared, tmp_path, monkeypatch
+):
+    """Paper 004: "about 10 % of the total number of iterations, we only train with L_KD";
+    here 3 of 4 steps, and a run stopped after step 2 resumes at step 3, still on L_KD."""
+    task = load_task_loss("torchvision", task_spec("semantic_segmentation", tmp_path))
+    cls = OBJECTIVES["compressed-domain"]
+    args = {"task": task, "targets": "model", "kd_weight": 1.5, "machine_rate_weight": 0.1}
+    settings = TrainSettings(steps=4, batch_size=2, lr=1e-3, aux_lr=1e-3, save_every=2)
+    crops = TrainingCrops(sample_prepared["train"], {}, 64)
+    runs = []
+
+    def train(state):
+        model = create_model("bmshj2018-hyperprior", seed=0, N=16, M=24)
+        objective = cls(lmbda=0.01, kd_warmup=0.75, **args)
+        objective.bind(model)
+        runs.append((model, objective, weights(model, objective)))
+        return train_codec(
+            model, objective, crops, settings, log_path=tmp_path / "log.csv", state_path=state
+        )
+
+    calls, forward = {"n": 0}, cls.forward
+
+    def stopping(self, *inputs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Stop
+        return forward(self, *inputs)
+
+    monkeypatch.setattr(cls, "forward", stopping)
+    with pytest.raises(Stop):
+        train(tmp_path / "state.pt")
+    model, objective, before = runs[0]  # two steps on L_KD: neither g_s nor the tail moved
+    after = weights(model, objective)  # parameters: BatchNorm statistics follow the forward
+    for moved in ("g_a.0.weight", "branch.transform.net.0.weight"):
+        assert not torch.equal(before[moved], after[moved]), moved
+    kept = [k for k in before if k.startswith(("g_s.", "branch.tail."))]
+    assert len(kept) > 20, kept
+    assert [k for k in kept if not torch.equal(before[k], after[k])] == []
+    monkeypatch.setattr(cls, "forward", forward)
+    train(tmp_path / "state.pt")
+    rows = read_log(tmp_path / "log.csv")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for row in rows[:3]:
+        assert row["loss"] == pytest.approx(1.5 * row["kd"], rel=1e-5)
+    last = rows[3]
+    eq4 = last["task"] + 1.5 * last["kd"] + 0.1 * last["machine_bpp"]
+    eq4 += 0.01 * 255**2 * last["mse"] + last["bpp"]
+    assert last["loss"] == pytest.approx(eq4, rel=1e-5)
+    assert last["loss"] > 1.5 * last["kd"] * 1.01
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"arch": "mbt2018-mean"}, "codecs.cd-2.arch: 'mbt2018-mean': a compressed-domain codec"),
+        ({"arch": "mbt2018"}, "codecs.cd-2.arch: 'mbt2018': a compressed-domain codec"),
         ({"objective_args": {"task": "yolo-shapes"}}, "needs a torchvision DeepLabV3"),
         ({"objective_args": {}}, "objective_args.task is required"),
     ],
@@ -136,3 +214,12 @@ def test_params_refuse_what_the_branch_cannot_use(tmp_path, change, message):
     with pytest.raises(ParamsError) as caught:
         check_registered(load_params(path))
     assert message in str(caught.value)
+
+
+def test_params_take_a_mean_scale_codec_and_the_kd_warmup(tmp_path):
+    raw = yaml.safe_load((REPO / "task-driven" / "params.yaml").read_text())
+    raw["codecs"]["cd-2"]["arch"] = "mbt2018-mean"
+    raw["codecs"]["cd-2"]["objective_args"]["kd_warmup"] = 0.1
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    check_registered(load_params(path))

@@ -30,7 +30,7 @@ from icmflow.pipeline.paths import Paths
 from icmflow.runtime.distributed import local_device, torchrun_command
 from icmflow.training.data import StreamSampler
 from icmflow.training.trainer import read_log
-from tests.helpers.ddp import deterministic_noise, train_process
+from tests.helpers.ddp import deterministic_noise, partial_steps_process, train_process
 from tests.helpers.project import REPO
 
 pytestmark = [
@@ -132,6 +132,13 @@ def test_processes_split_each_global_batch_and_its_crops():
     assert [item for item, _ in zip(resumed, range(4), strict=False)] == stream[8:12]
     with pytest.raises(ValueError, match="multiple of 3"):
         StreamSampler(10, 4, seed=3, world=3)
+
+
+def test_steps_whose_loss_leaves_parameters_out_train_on_two_processes(tmp_path):
+    """An objective with `partial_steps` (here: the decoder unused in step 1, as in the
+    compressed-domain warm-up) trains under DDP, which otherwise stops at the next step."""
+    mp.spawn(partial_steps_process, (2, free_port(), str(tmp_path)), nprocs=2)
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [1, 2, 3]
 
 
 def test_two_processes_train_like_one_and_only_rank_0_writes(project, monkeypatch):

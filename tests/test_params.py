@@ -230,3 +230,31 @@ def test_task_backends_and_kinds_are_checked_with_the_registry(tmp_path, default
     assert "tasks.yolo-shapes.backend: unknown task backend 'detectron2'" in message
     assert "torchvision" in message and "ultralytics" in message
     assert "tasks.other.kind: backend ultralytics has no semantic_segmentation models" in message
+
+
+def test_the_poly_schedule_takes_no_milestones(tmp_path, defaults):
+    defaults["train"]["lr_milestones"] = [500]
+    name = next(n for n, e in defaults["codecs"].items() if e["family"] == "learned")
+    defaults["codecs"][name]["train"] = {"lr_schedule": "poly"}
+    with pytest.raises(
+        ParamsError,
+        match=rf"codecs\.{name}\.train: lr_milestones \[500\] are for lr_schedule multistep",
+    ):
+        load_params(write(tmp_path, defaults))
+    defaults["codecs"][name]["train"]["lr_milestones"] = []
+    trained = load_params(write(tmp_path, defaults)).training(name)
+    assert (trained.lr_schedule, trained.lr_poly_start, trained.lr_poly_power) == ("poly", 0.5, 0.9)
+    defaults["train"]["lr_schedule"] = "poly"
+    with pytest.raises(ParamsError, match=r"\n  train: lr_milestones \[500\] are for lr_schedule"):
+        load_params(write(tmp_path, defaults))
+    defaults["train"].update(lr_milestones=[], lr_poly_start=1.0)
+    with pytest.raises(ParamsError, match=r"train\.lr_poly_start: Input should be less than 1"):
+        load_params(write(tmp_path, defaults))
+
+
+def test_the_poly_schedule_leaves_the_default_milestones_aside(tmp_path, defaults):
+    """The default lr_milestones are multistep's: `lr_schedule: poly` alone needs no `[]`."""
+    defaults["train"].pop("lr_milestones", None)
+    defaults["train"]["lr_schedule"] = "poly"
+    params = load_params(write(tmp_path, defaults))
+    assert params.train.lr_schedule == "poly" and params.train.lr_milestones

@@ -22,7 +22,7 @@ from icmflow.coding.layered import LayeredCodec
 from icmflow.coding.learned import LearnedCodec, to_uint8
 from icmflow.core.errors import BitstreamError, CheckpointError
 from icmflow.evaluation.report import parameters_table, psnr_table
-from icmflow.pipeline.params import ParamsError, check_registered, load_params
+from icmflow.pipeline.params import ParamsError, check_registered, is_scalable, load_params
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.trainer import TrainSettings, read_log, train_codec
@@ -189,6 +189,24 @@ def test_papers_params_are_valid():
     params = load_params(PAPERS)
     check_registered(params)
     assert {"fusion-m1", "dc-1", "tcm-object"} <= set(params.trained_codecs)
+
+
+TABLE_II = {
+    # the scalable paper's Table II: the (m, λ) cells it reports PSNR for ("-" elsewhere)
+    1: (0.01,),
+    2: (0.01,),
+    3: (0.005, 0.01, 0.02, 0.03),
+    4: (0.005, 0.01, 0.02, 0.03),
+    5: (0.005, 0.01, 0.02, 0.03),
+}
+
+
+def test_papers_params_hold_table_iis_grid():
+    params = load_params(PAPERS)
+    fusion = [e for e in params.codecs.values() if is_scalable(e) and e.mode == "fusion"]
+    cells = sorted((e.m, e.lmbda) for e in fusion)
+    assert cells == sorted((m, lmbda) for m, lambdas in TABLE_II.items() for lmbda in lambdas)
+    assert {e.machine for e in fusion} == {"tcm-object"}
 
 
 @pytest.mark.parametrize(

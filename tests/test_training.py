@@ -193,3 +193,74 @@ def test_channels_last_trains_the_same_codec_within_float_tolerance(sample_prepa
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
     weight = "g_a.0.weight"
     assert runs[1].model.state_dict()[weight].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_poly_schedule_decays_over_the_last_part_and_multistep_stays_the_default(
+    sample_prepared, tmp_path
+):
+    """The auxiliary-loss paper's polynomial decay over the last half of training: after step
+    k the learning rate is lr·(1 − (k − s)/(T − s))^p past s = start·T, lr before."""
+    assert TrainSettings(steps=1, batch_size=1, lr=1, aux_lr=1).lr_schedule == "multistep"
+    tiny_training(
+        sample_prepared["train"],
+        None,
+        tmp_path,
+        steps=8,
+        lr=1e-2,
+        lr_schedule="poly",
+        lr_poly_start=0.5,
+        lr_poly_power=2.0,
+    )
+    lrs = [row["lr"] for row in read_log(tmp_path / "log.csv")]
+    expected = [1e-2 * (1 - max(0, k - 4) / 4) ** 2 for k in range(1, 9)]
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert lrs[3] == 1e-2 and lrs[-1] == 0.0
+    tiny_training(sample_prepared["train"], None, tmp_path, lr=1e-2, lr_milestones=(2,))
+    lrs = [row["lr"] for row in read_log(tmp_path / "log.csv")]
+    assert lrs == pytest.approx([1e-2, 1e-3, 1e-3, 1e-3])
+
+
+def test_poly_schedule_resumes_where_it_stopped(sample_prepared, tmp_path, monkeypatch):
+    settings = dict(steps=6, lr=1e-2, lr_schedule="poly", lr_poly_start=0.0, lr_poly_power=0.9)
+    tiny_training(sample_prepared["train"], None, tmp_path / "whole", **settings)
+    whole = [row["lr"] for row in read_log(tmp_path / "whole" / "log.csv")]
+    calls, original = {"n": 0}, OBJECTIVES["mse"].forward
+
+    def crashing(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Crash
+        return original(self, *args)
+
+    state = tmp_path / "state.pt"
+    monkeypatch.setattr(OBJECTIVES["mse"], "forward", crashing)
+    with pytest.raises(Crash):
+        tiny_training(
+            sample_prepared["train"], None, tmp_path, state_path=state, save_every=4, **settings
+        )
+    monkeypatch.undo()
+    tiny_training(
+        sample_prepared["train"], None, tmp_path, state_path=state, save_every=4, **settings
+    )
+    assert [row["lr"] for row in read_log(tmp_path / "log.csv")] == pytest.approx(whole, rel=1e-12)
+
+
+def test_objectives_see_every_step_also_after_a_resume(sample_prepared, tmp_path, monkeypatch):
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        OBJECTIVES["mse"], "begin_step", lambda self, step, steps: seen.append((step, steps))
+    )
+    state = tmp_path / "state.pt"
+    original = OBJECTIVES["mse"].forward
+
+    def crashing(self, *args):
+        if len(seen) == 3:
+            raise Crash
+        return original(self, *args)
+
+    monkeypatch.setattr(OBJECTIVES["mse"], "forward", crashing)
+    with pytest.raises(Crash):
+        tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
+    monkeypatch.setattr(OBJECTIVES["mse"], "forward", original)
+    tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
+    assert seen == [(1, 4), (2, 4), (3, 4), (3, 4), (4, 4)]

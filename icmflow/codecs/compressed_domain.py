@@ -1,7 +1,9 @@
 """Compressed-domain analysis (paper 004, Sun): task predictions from the latent, no pixels.
 
 A hyperprior codec (`g_a`, `h_a`, `h_s`, the entropy models, `g_s`) keeps coding images for
-people. Each machine task gets a branch on its quantised latent ŷ:
+people: CompressAI's `ScaleHyperprior` (bmshj2018-hyperprior) or `MeanScaleHyperprior`
+(mbt2018-mean, the mean μ_y and scale σ_y of the paper's eq. 1), whose latent channels each
+code on their own given ẑ. Each machine task gets a branch on its quantised latent ŷ:
 
 - a **gate** (`ChannelGate`: adaptive average pool → 1×1 conv → BN → ReLU → 1×1 conv → keep/drop
   logits per channel; Gumbel-softmax with a straight-through hard decision while training, the
@@ -19,7 +21,7 @@ original image: `TaskTail.stem`, frozen. The primary task trains with the codec 
 cannot change a single weight the codec's bitstreams depend on.
 
 Machine bitstreams (`compress_machine`) hold the hyper-latent, the selected channels of ŷ coded
-with their own scales, and the gate's decision: real bits through the entropy coder.
+with their own scales (and means), and the gate's decision: real bits through the entropy coder.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai.layers import GDN
-from compressai.models import ScaleHyperprior
+from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection.image_list import ImageList
@@ -49,6 +52,42 @@ TASK_BRANCH = "task_branch"
 """The key of a trained branch's state dict in its codec checkpoint's `icmflow` entry."""
 LATENT_STRIDE = 16
 """Image pixels per latent position of a bmshj2018 hyperprior, each way."""
+
+
+LATENT_CODECS = (ScaleHyperprior, MeanScaleHyperprior)
+"""The codecs a branch reads: hyperpriors without context model, so that a subset of the
+latent's channels has a bitstream of its own."""
+
+
+def check_latent_codec(codec: nn.Module) -> None:
+    """Raise a TypeError unless `codec` is one of `LATENT_CODECS` (not a subclass: mbt2018's
+    context model decodes every channel of ŷ together)."""
+    if type(codec) not in LATENT_CODECS:
+        raise TypeError(
+            "compressed-domain analysis codes some channels of the latent alone: it needs a "
+            "bmshj2018-hyperprior (ScaleHyperprior) or mbt2018-mean (MeanScaleHyperprior), "
+            f"not a {type(codec).__name__}"
+        )
+
+
+def hyper_latent(codec: ScaleHyperprior, y: torch.Tensor) -> torch.Tensor:
+    """z = h_a(y) (h_a(|y|) for the scale-only hyperprior), as the codec's own forward pass."""
+    return codec.h_a(y if isinstance(codec, MeanScaleHyperprior) else torch.abs(y))
+
+
+def gaussian_parameters(
+    codec: ScaleHyperprior, z_hat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """σ_y and μ_y of eq. 1 from ẑ (μ_y None: a scale-only hyperprior)."""
+    parameters = codec.h_s(z_hat)
+    if isinstance(codec, MeanScaleHyperprior):
+        scales, means = parameters.chunk(2, 1)
+        return scales, means
+    return parameters, None
+
+
+def _kept(means: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    return None if means is None else means[:, keep]
 
 
 class ChannelGate(nn.Module):
@@ -209,10 +248,12 @@ class MachineCoded:
 
 
 class CompressedDomainCodec(nn.Module):
-    """A CompressAI `ScaleHyperprior` plus one `TaskBranch` per machine task (by name)."""
+    """A CompressAI `ScaleHyperprior` or `MeanScaleHyperprior` plus one `TaskBranch` per
+    machine task (by name)."""
 
     def __init__(self, codec: ScaleHyperprior, tails: dict[str, TaskTail], primary: str):
         super().__init__()
+        check_latent_codec(codec)
         if primary not in tails:
             raise ValueError(f"primary task {primary!r} is not one of {sorted(tails)}")
         self.codec, self.primary = codec, primary
@@ -253,15 +294,18 @@ class CompressedDomainCodec(nn.Module):
             raise ValueError("compress_machine codes one image at a time")
         codec, branch = self.codec, self.branches[task]
         y = codec.g_a(x)
-        z = codec.h_a(torch.abs(y))
+        z = hyper_latent(codec, y)
         z_strings = codec.entropy_bottleneck.compress(z)
         z_hat = codec.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        scales = codec.h_s(z_hat)
-        keep = branch.gate(codec.gaussian_conditional.quantize(y, "dequantize"))[0].bool()
+        scales, means = gaussian_parameters(codec, z_hat)
+        y_hat = codec.gaussian_conditional.quantize(y, "dequantize", means)
+        keep = branch.gate(y_hat)[0].bool()
         recorder = IndexRecorder()
         with recorder.watching(codec):
             indexes = codec.gaussian_conditional.build_indexes(scales[:, keep])
-            y_strings = codec.gaussian_conditional.compress(y[:, keep], indexes)
+            y_strings = codec.gaussian_conditional.compress(
+                y[:, keep], indexes, means=_kept(means, keep)
+            )
         gate_bits = np.packbits(keep.cpu().numpy()).tobytes()
         height, width = image_size or tuple(x.shape[-2:])
         stream = Bitstream(
@@ -285,11 +329,13 @@ class CompressedDomainCodec(nn.Module):
         keep = torch.from_numpy(np.unpackbits(np.frombuffer(gate_bits, np.uint8))[:channels])
         keep = keep.bool()
         z_hat = codec.entropy_bottleneck.decompress([z_string], torch.Size(stream.shape))
-        scales = codec.h_s(z_hat)
+        scales, means = gaussian_parameters(codec, z_hat)
         recorder = IndexRecorder()
         with recorder.watching(codec):
             indexes = codec.gaussian_conditional.build_indexes(scales[:, keep])
-            selected = codec.gaussian_conditional.decompress([y_string], indexes)
+            selected = codec.gaussian_conditional.decompress(
+                [y_string], indexes, means=_kept(means, keep)
+            )
         if recorder.value != stream.index_check:
             raise BitstreamError(
                 f"machine bitstream of task {task!r}: the entropy decoder's scale indexes differ "
@@ -382,3 +428,73 @@ def flops_compared(
         "decode_then_infer_flops": pixel,
         "saving_percent": 100 * (1 - compressed / pixel) if pixel else math.nan,
     }
+
+
+def shape_only_selection(rcnn: nn.Module) -> nn.Module:
+    """`rcnn`, a torchvision Faster R-CNN, made to run on meta tensors for counting FLOPs.
+
+    Its data-dependent steps, which count no FLOPs, keep only their shapes: the RPN keeps its
+    first `post_nms_top_n` proposals per image (a real run keeps as many when NMS leaves that
+    many, as random weights do at the paper's sizes: the counts equal a CPU run's), RoI pooling
+    returns features of the pooled shape, and no detections are post-processed.
+    """
+    rpn, heads = rcnn.rpn, rcnn.roi_heads
+    pool = heads.box_roi_pool
+
+    def first_proposals(proposals, objectness, image_shapes, num_anchors_per_level):
+        kept = rpn.post_nms_top_n()
+        scores = objectness.view(len(proposals), -1)
+        return [p[:kept] for p in proposals], [s[:kept] for s in scores]
+
+    def pooled(features, proposals, image_shapes):
+        first = next(iter(features.values()))
+        rois = sum(len(p) for p in proposals)
+        return first.new_empty(rois, first.shape[1], *pool.output_size)
+
+    def no_detections(class_logits, box_regression, proposals, image_shapes):
+        return [], [], []
+
+    rpn.filter_proposals = first_proposals
+    pool.forward = pooled
+    heads.postprocess_detections = no_detections
+    return rcnn
+
+
+def paper_flops(
+    task: Literal["segmentation", "detection"],
+    size: tuple[int, int],
+    *,
+    N: int = 128,
+    M: int = 192,
+    classes: int = 19,
+) -> dict[str, float]:
+    """`flops_compared` in the paper's setting (its Table I): a bmshj2018 hyperprior (N, M) and
+    a torchvision ResNet-50 DeepLabV3 (output stride 8) or Faster R-CNN FPN (at the image's own
+    size) with random weights, on one image of `size` (H, W), counted on meta tensors."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    h, w = size
+
+    def network() -> nn.Module:
+        if task == "segmentation":
+            return deeplabv3_resnet50(
+                weights=None, weights_backbone=None, num_classes=classes, aux_loss=False
+            )
+        rcnn = fasterrcnn_resnet50_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=classes,
+            min_size=min(h, w),
+            max_size=max(h, w),
+        )
+        return shape_only_selection(rcnn)
+
+    with torch.device("meta"):
+        tail = task_tail(network())
+        full = network().eval()
+        x = torch.empty(1, 3, h, w)
+    codec = ScaleHyperprior(N, M)  # GDN's initialisation needs real values: built, then moved
+    model = CompressedDomainCodec(codec, {task: tail}, task).to("meta")
+    infer = full if task == "segmentation" else lambda x_hat: full(list(x_hat))
+    return flops_compared(model, task, x, infer)

@@ -2,14 +2,15 @@
 
 As in CompressAI's example: the main Adam optimiser takes every parameter except the entropy
 bottlenecks' `quantiles` (and the objective's own trainable parameters, if it has any), the
-auxiliary optimiser fits the quantiles by minimising `model.aux_loss()`; gradients are clipped to
-`clip_max_norm`. With `channels_last`, model and image batches use the NHWC memory layout, which
-CPUs and GPUs convolve faster (measured in README). With `precision: bfloat16` the codec's
-forward pass runs under autocast, its entropy models (the likelihoods) in float32. Each step logs
-every term the objective returns, then `aux_loss` and `lr`, to a CSV file; the terms stay on the
-device and reach the host every few steps, so a GPU is not stopped after each step. The caller
-updates the model (`update(force=True)`) before saving it, so its checkpoint carries the entropy
-coder's tables.
+auxiliary optimiser fits the quantiles by minimising `model.aux_loss()`; gradients are clipped
+to `clip_max_norm`; the learning rate follows `lr_schedule` (`lr_scheduler`). With
+`channels_last`, model and image batches use the NHWC memory layout, which CPUs and GPUs
+convolve faster (measured in README). With `precision: bfloat16` the codec's forward pass runs
+under autocast, its entropy models (the likelihoods) in float32. Each step logs every term the
+objective returns, then `aux_loss` and `lr`, to a CSV file; the terms stay on the device and
+reach the host every few steps, so a GPU is not stopped after each step. The caller updates the
+model (`update(force=True)`) before saving it, so its checkpoint carries the entropy coder's
+tables.
 
 Batches come from an endless stream of items (`StreamSampler`), each drawing its random crop from
 a seed of its own, so the stream does not depend on the number of processes or DataLoader
@@ -53,6 +54,7 @@ from icmflow.training.objectives import Batch, Objective
 log = logging.getLogger(__name__)
 
 Precision = Literal["float32", "bfloat16"]
+LrSchedule = Literal["multistep", "poly"]
 SYNC_EVERY = 25
 """Steps between the host's reads of the logged terms (and their all-reduce)."""
 
@@ -65,7 +67,12 @@ class TrainSettings:
     lr: float
     aux_lr: float
     clip_max_norm: float = 1.0
+    lr_schedule: LrSchedule = "multistep"
     lr_milestones: tuple[int, ...] = ()
+    """multistep: steps after which the learning rate drops tenfold."""
+    lr_poly_power: float = 0.9
+    lr_poly_start: float = 0.5
+    """poly: the fraction of the steps after which the learning rate decays."""
     seed: int = 0
     num_workers: int = 0
     device: str = "cpu"
@@ -109,6 +116,40 @@ def configure_optimizers(
         torch.optim.Adam(main, lr=lr, fused=fused),
         torch.optim.Adam(aux, lr=aux_lr, fused=fused),
     )
+
+
+@dataclass
+class PolyDecay:
+    """The poly schedule's factor after `step` steps: 1 up to step `start`, then
+    (1 − (step − start) / (steps − start))^power, down to 0 after the last step."""
+
+    steps: int
+    start: int
+    power: float
+
+    def __call__(self, step: int) -> float:
+        if step <= self.start:
+            return 1.0
+        return max(0.0, 1 - (step - self.start) / (self.steps - self.start)) ** self.power
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """`multistep`: the learning rate drops tenfold after each of `lr_milestones` (CompressAI's
+    example); `poly`: polynomial decay of power `lr_poly_power` over the steps after the first
+    `lr_poly_start` fraction (the auxiliary-loss paper: over the last half of training)."""
+    if settings.lr_schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(settings.lr_milestones), gamma=0.1
+        )
+    if settings.lr_schedule != "poly":
+        raise ValueError(f"lr_schedule {settings.lr_schedule!r}: multistep or poly")
+    if not 0 <= settings.lr_poly_start < 1:
+        raise ValueError(f"lr_poly_start {settings.lr_poly_start}: a fraction in [0, 1)")
+    start = int(settings.lr_poly_start * settings.steps)
+    decay = PolyDecay(settings.steps, start, settings.lr_poly_power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
 
 
 class _State:
@@ -235,6 +276,7 @@ def _distributed(step: _Step, group: Group) -> nn.Module:
         device_ids=[group.device.index] if group.device.type == "cuda" else None,
         broadcast_buffers=False,  # the codecs' buffers do not change while training
         gradient_as_bucket_view=True,
+        find_unused_parameters=step.objective.partial_steps,
     )
 
 
@@ -299,9 +341,7 @@ def train_codec(
     )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # crops of one size: cuDNN picks its kernels once
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, list(settings.lr_milestones), gamma=0.1
-    )
+    scheduler = lr_scheduler(optimizer, settings)
     quantiles = list(aux_optimizer.param_groups[0]["params"])
     state, rows, start = _State(state_path if group.main else None), [], 0
     saved = _State(state_path).load()
@@ -349,6 +389,7 @@ def train_codec(
                 batch = {k: _to(v, device, layout) for k, v in next(batches).items()}
                 optimizer.zero_grad()
                 aux_optimizer.zero_grad()
+                objective.begin_step(step, settings.steps)
                 terms = runner(batch)
                 terms["loss"].backward()
                 if settings.clip_max_norm > 0:

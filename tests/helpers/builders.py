@@ -33,7 +33,13 @@ def save_codec(model, path: Path, model_args: dict, arch: str = "bmshj2018-hyper
 
 
 def save_trained(
-    result: TrainResult, path: Path, model_args: dict, *, step: int, extra: dict | None = None
+    result: TrainResult,
+    path: Path,
+    model_args: dict,
+    *,
+    step: int,
+    extra: dict | None = None,
+    arch: str = "bmshj2018-hyperprior",
 ) -> Path:
     """Save a training result's model (updated first) after `step` steps, as the train stage
     does."""
@@ -42,7 +48,7 @@ def save_trained(
     save_checkpoint(
         path,
         model,
-        arch="bmshj2018-hyperprior",
+        arch=arch,
         model_args=model_args,
         step=step,
         loss=result.last["loss"],

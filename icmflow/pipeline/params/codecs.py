@@ -4,11 +4,11 @@
   objective (`objective`, `lmbda`, `objective_args`); `train` overrides the shared training
   settings for this codec only. Gets train@, encode@ and evaluate@ stages.
 - `family: compressed-domain`: compressed-domain analysis (paper 004,
-  `icmflow.codecs.compressed_domain`): a learned entry (arch `bmshj2018-hyperprior`) trained
-  with objective `compressed-domain`, whose `objective_args.task` (a torchvision DeepLabV3 or
-  Faster R-CNN task) gets a task branch on the latent. Its coded dataset holds the human images
-  as a learned codec's does, and machine bitstreams (the gate's channels) beside them; infer@ of
-  its own task predicts from those, at their rate.
+  `icmflow.codecs.compressed_domain`): a learned entry (arch `bmshj2018-hyperprior` or
+  `mbt2018-mean`) trained with objective `compressed-domain`, whose `objective_args.task` (a
+  torchvision DeepLabV3 or Faster R-CNN task) gets a task branch on the latent. Its coded
+  dataset holds the human images as a learned codec's does, and machine bitstreams (the gate's
+  channels) beside them; infer@ of its own task predicts from those, at their rate.
 - a classical family (`jpeg`, `webp`, `avif`, `heif`: `icmflow.coding.classical.CLASSICAL`) with
   its own settings (`quality`, ...). Gets encode@ and evaluate@.
 - `family: scalable`: scalable coding for humans and machines (`icmflow.codecs.scalable`): the

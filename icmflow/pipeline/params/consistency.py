@@ -25,8 +25,30 @@ def _split_problems(params: Params, key: str, dataset: str, split: str) -> list[
     return []
 
 
+def _schedule_problems(params: Params) -> list[Problem]:
+    """Milestones written for the poly schedule, which has none (in `train` or a codec's
+    `train`); the default milestones are multistep's and poly leaves them aside."""
+    written = "lr_milestones" in params.train.model_fields_set
+    settings = [("train", params.train, written)]
+    for name in params.trained_codecs:
+        overrides = params.codec(name).train
+        if overrides.lr_schedule or overrides.lr_milestones is not None:
+            own = overrides.lr_milestones is not None
+            settings.append((f"codecs.{name}.train", params.training(name), written or own))
+    return [
+        (
+            key,
+            f"lr_milestones {train.lr_milestones} are for lr_schedule multistep; poly decays "
+            "over the steps after lr_poly_start: set lr_milestones: []",
+        )
+        for key, train, milestones in settings
+        if train.lr_schedule == "poly" and milestones and train.lr_milestones
+    ]
+
+
 def _training_problems(params: Params) -> list[Problem]:
     problems = _split_problems(params, "train", params.train.dataset, params.train.split)
+    problems += _schedule_problems(params)
     for name in params.learned_codecs:
         entry, train = params.learned(name), params.training(name)
 

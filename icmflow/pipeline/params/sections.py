@@ -92,6 +92,15 @@ class TrainParams(Section):
         default_factory=lambda: [450_000],
         description="steps at which lr drops tenfold (absolute: move them with steps)",
     )
+    lr_schedule: Literal["multistep", "poly"] = Field(
+        "multistep",
+        description="multistep: tenfold drops after lr_milestones; poly: polynomial decay over "
+        "the steps after lr_poly_start (the auxiliary-loss paper's)",
+    )
+    lr_poly_power: float = Field(0.9, gt=0, description="poly: the decay's power")
+    lr_poly_start: float = Field(
+        0.5, ge=0, lt=1, description="poly: fraction of the steps before the decay starts"
+    )
     seed: int = Field(0, description="initial weights and crop order")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (GPUs: 4 or more)")
     cache_images: bool | Literal["auto"] = Field(

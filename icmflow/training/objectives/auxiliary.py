@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from compressai.models import CompressionModel
 from torch import nn
 
-from icmflow.codecs.aux_branch import PAPER_WIDTHS, STRIDES, AuxiliaryBackbone
+from icmflow.codecs.aux_branch import PAPER_WIDTHS, STRIDES, AuxiliaryBackbone, Backbone
 from icmflow.training.objectives.base import OBJECTIVES, Batch, Objective, rate_bpp
 from icmflow.training.targets import TARGETS
 from icmflow.vision.tasks.differentiable import BoxTargets, Targets, TaskLoss
@@ -135,7 +135,9 @@ class TaskLossObjective(Objective):
 @OBJECTIVES.register("aux-loss")
 class AuxiliaryLoss(TaskLossObjective):
     """L = R + λ·{E(y, ŷ) + α·E(y, ŷ_aux)} (eq. 5). `branch_widths`: channels of the
-    upsampling blocks and conv2–conv5 (the paper's: 128, 128, 256, 256, 512)."""
+    upsampling blocks and conv2–conv5 (the paper's: 128, 128, 256, 256, 512); `branch_backbone`:
+    `resnext` (Table 1's grouped bottlenecks of `branch_groups` groups, the detection branch) or
+    `resnet` (Table 2's basic blocks, the segmentation branch)."""
 
     image_weight: ClassVar[float] = 0.0
 
@@ -149,16 +151,22 @@ class AuxiliaryLoss(TaskLossObjective):
         alpha: float = 0.5,
         branch_widths: Sequence[int] = PAPER_WIDTHS,
         branch_groups: int = 32,
+        branch_backbone: Backbone = "resnext",
     ):
         super().__init__(lmbda, task=task, task_options=task_options, targets=targets)
+        if branch_backbone not in ("resnext", "resnet"):
+            raise ValueError(f"branch_backbone {branch_backbone!r}: resnext or resnet")
         self.alpha, self.widths, self.groups = alpha, tuple(branch_widths), branch_groups
+        self.backbone: Backbone = branch_backbone
         self.branch: AuxiliaryBackbone | None = None
         self.head: nn.Module | None = None
         self._latent = LatentHook(self)
 
     def bind(self, model: CompressionModel) -> None:
         """Build the branch for `model`'s latent and capture what `model.g_s` receives."""
-        self.branch = AuxiliaryBackbone(latent_channels(model), self.widths, self.groups)
+        self.branch = AuxiliaryBackbone(
+            latent_channels(model), self.widths, self.groups, self.backbone
+        )
         self.head = self.task.head(self.branch.channels, STRIDES)
         self._latent.attach(model)
 

@@ -43,6 +43,9 @@ class Objective(nn.Module):
 
     mask_kinds: ClassVar[tuple[str, ...]] = ()
     """Mask stores (`data/masks/<dataset>/<kind>`) whose masks the batches must carry."""
+    partial_steps: bool = False
+    """True when some steps' losses leave trainable parameters without gradients (a warm-up on
+    some terms): under DDP the trainer then has it look for unused parameters every step."""
 
     def __init__(self, lmbda: float):
         super().__init__()
@@ -52,6 +55,11 @@ class Objective(nn.Module):
 
     def bind(self, model: nn.Module) -> None:
         """Called once with the codec before training (e.g. to hook its layers); no-op here."""
+
+    def begin_step(self, step: int, steps: int) -> None:
+        """Called by the trainer before each training step `step` (1 … `steps`, also the steps
+        of a resumed run, which start after the saved one): an objective whose loss changes
+        over training (a warm-up) keeps its progress from here. No-op here."""
 
     def checkpoint_extra(self) -> dict:
         """What the codec's checkpoint keeps of this objective (under `icmflow`): nothing, but

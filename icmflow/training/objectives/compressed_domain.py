@@ -4,6 +4,8 @@ task's branch on the latent (`icmflow.codecs.compressed_domain`).
 L = λ1·L_task + λ2·MSE(F_student, F_teacher) + λ·255²·MSE(x, x̂) + R (eqs. 3–4; λ3 on
 CompressAI's scale, λ4 = 1), with `task_weight` λ1, `kd_weight` λ2 and, when > 0,
 `machine_rate_weight` times the selected channels' bpp (what teaches the gate to drop channels).
+The first `kd_warmup` fraction of the steps train on λ2·L_KD alone (the paper: "about 10 % of
+the total number of iterations"); every term is logged in those steps too.
 `task` is the task network, a torchvision DeepLabV3 or Faster R-CNN on a ResNet: its frozen copy
 is the teacher (its stem on x gives F_teacher) and the target source for `targets: model`, and a
 trainable copy of its remaining stages and head is the student's tail after the gate and
@@ -20,12 +22,13 @@ from __future__ import annotations
 import copy
 
 import torch
-from compressai.models import CompressionModel, ScaleHyperprior
+from compressai.models import CompressionModel
 
 from icmflow.codecs.compressed_domain import (
     TASK_BRANCH,
     TaskBranch,
     TaskTail,
+    check_latent_codec,
     primary_loss,
     task_tail,
 )
@@ -41,7 +44,7 @@ from icmflow.vision.tasks.differentiable import TaskLoss, rcnn_targets
 
 @OBJECTIVES.register("compressed-domain")
 class CompressedDomainObjective(TaskLossObjective):
-    """Eq. 4 of paper 004 on a bmshj2018 hyperprior (module doc)."""
+    """Eq. 4 of paper 004 on a bmshj2018 or mbt2018-mean hyperprior (module doc)."""
 
     def __init__(
         self,
@@ -53,8 +56,13 @@ class CompressedDomainObjective(TaskLossObjective):
         task_weight: float = 1.0,
         kd_weight: float = 1.0,
         machine_rate_weight: float = 0.0,
+        kd_warmup: float = 0.0,
     ):
         super().__init__(lmbda, task=task, task_options=task_options, targets=targets)
+        if not 0 <= kd_warmup < 1:
+            raise ValueError(f"kd_warmup {kd_warmup}: the fraction of steps on L_KD, in [0, 1)")
+        self.kd_warmup, self.kd_only = kd_warmup, False
+        self.partial_steps = kd_warmup > 0  # the warm-up's loss misses g_s and the task head
         self.weights = {
             "task_weight": task_weight,
             "kd_weight": kd_weight,
@@ -66,15 +74,14 @@ class CompressedDomainObjective(TaskLossObjective):
 
     def bind(self, model: CompressionModel) -> None:
         """Build the branch on `model`'s latent; capture what `model.g_s` receives."""
-        if type(model) is not ScaleHyperprior:
-            raise TypeError(
-                f"the compressed-domain objective codes the latent with scales only: it needs a "
-                f"bmshj2018-hyperprior (ScaleHyperprior), not a {type(model).__name__}"
-            )
+        check_latent_codec(model)
         student = copy.deepcopy(self.task.model).requires_grad_(True)
         self.branch = TaskBranch(latent_channels(model), task_tail(student))
         self._teacher = (task_tail(self.task.model),)
         self._latent.attach(model)
+
+    def begin_step(self, step: int, steps: int) -> None:
+        self.kd_only = step <= int(self.kd_warmup * steps)
 
     def forward(self, output: dict, batch: Batch) -> dict[str, torch.Tensor]:
         x, latent = batch["x"], self._latent.take()
@@ -85,6 +92,8 @@ class CompressedDomainObjective(TaskLossObjective):
         branch = self.branch(latent, tuple(x.shape[-2:]), targets)
         teacher = self._teacher[0].to(x.device)
         terms = primary_loss({**output, **branch}, x, teacher, self.lmbda, **self.weights)
+        if self.kd_only:
+            terms["loss"] = self.weights["kd_weight"] * terms["kd"]
         kept = branch["keep"].mean()
         return {**terms, "kept_fraction": kept}
 
