@@ -27,6 +27,7 @@ from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
 from icmflow.tasks.classes import ClassMappingError, class_mapping
 from icmflow.vision.tasks.base import TASK_BACKENDS, TaskModelSpec, TrainingData, TrainSettings
+from icmflow.vision.tasks.offline import import_ultralytics
 from icmflow.vision.tasks.yolov5_checkpoint import read_yolov5, write_yolov5
 from icmflow.vision.tasks.yolov5_loss import YoloV5Loss
 from icmflow.vision.tasks.yolov5_model import class_names
@@ -100,15 +101,16 @@ def _payload(marker: Path):
 
 def _wrong_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     """name -> (a file that is no YOLOv5 detector, what the error says besides its path)."""
+    import_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     from tests.helpers.codecs import tiny_codec
 
     files = {
         "missing": (tmp / "nope.pt", "never downloads"),
-        "random bytes": (tmp / "random.pt", "not a YOLOv5 checkpoint"),
+        "random bytes": (tmp / "random.pt", "not a file torch.save writes"),
         "compressai state dict": (tmp / "codec.pth.tar", "holds no YOLOv5 detector"),
-        "ultralytics v8": (tmp / "yolov8n.pt", "backend: ultralytics"),
+        "ultralytics v8": (tmp / "yolov8n.pt", "DetectionModel"),
         "code to run": (tmp / "evil.pt", "os.makedirs"),
     }
     files["random bytes"][0].write_bytes(np.random.default_rng(0).bytes(4096))
@@ -192,8 +194,12 @@ def test_a_box_is_assigned_its_cell_and_the_two_nearest_neighbours(weights):
     own = (found.cell_x == 2) & (found.cell_y == 5)
     assert torch.allclose(found.box[own][0], torch.tensor([0.4, 0.6, 2.0, 3.0]))
     assert (found.cls == 1).all() and (found.image == 0).all()
-    far = torch.tensor([[0, 0, 0.5, 0.5, 0.9, 0.02]])  # 58 x 1 px: no anchor within 4x
-    assert loss.assign(0, 8, 8, far).image.numel() == 0
+    corner = torch.tensor([[0, 0, 7.7 / 8, 0.3 / 8, 16 / 64, 24 / 64]])  # no cell beyond
+    found = loss.assign(0, 8, 8, corner)
+    assert set(found.cell_x.tolist()) == {7} and set(found.cell_y.tolist()) == {0}
+    assert found.image.numel() == 3  # one cell for each fitting anchor
+    thin = torch.tensor([[0, 0, 0.5, 0.5, 0.9, 0.02]])  # 58 x 1 px: no anchor within 4x
+    assert loss.assign(0, 8, 8, thin).image.numel() == 0
 
 
 def test_the_loss_is_yolov5s_own(weights):

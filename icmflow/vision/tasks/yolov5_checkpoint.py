@@ -90,19 +90,20 @@ def read_yolov5(path: Path) -> Model:
 
 
 def _why(path: Path, err: Exception) -> str:
-    """What in the file icmflow does not read, or the loader's own first line."""
+    """What in the file icmflow does not read, or why torch could not read it."""
     try:
         foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a torch zip checkpoint at all
-        foreign = []
-    if not foreign:
-        return f"{str(err).strip().splitlines()[0][:300]}"
-    hint = (
-        "an ultralytics model (YOLOv8 and later): use `backend: ultralytics`"
-        if any(name.startswith("ultralytics.") for name in foreign)
-        else "icmflow reads YOLOv5 detection checkpoints (Conv, C3, SPPF, Detect)"
-    )
-    return f"it pickles {', '.join(sorted(foreign)[:5])}: {hint}"
+    except Exception:  # not a zip archive of torch.save
+        return "not a file torch.save writes"
+    if not foreign:  # torch's own reason, without its advice to load the file unsafely
+        lines = str(err).strip().splitlines()
+        return next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
+    if any(name.startswith("ultralytics.") for name in foreign):
+        hint = "an ultralytics model (YOLOv8 and later): use `backend: ultralytics`"
+    else:
+        hint = "icmflow reads YOLOv5 detection checkpoints (Conv, C3, SPPF, Detect)"
+    shown = sorted(foreign, key=lambda name: ("Model" not in name, name))[:4]
+    return f"it pickles {', '.join(shown)}{', ...' if len(foreign) > 4 else ''}: {hint}"
 
 
 class _YoloV5Pickler(pickle._Pickler):

@@ -199,7 +199,8 @@ def fine_tune(spec: TaskModelSpec, data: TrainingData, settings: TrainSettings, 
                 _step(model, optimizer)
                 ema.update(model)
                 last_step = iteration
-        log.info("yolov5 fine-tuning epoch %d/%d: loss %.4f", epoch + 1, settings.epochs, total)
+        mean = total / per_epoch
+        log.info("yolov5 fine-tuning epoch %d/%d: mean loss %.4f", epoch + 1, settings.epochs, mean)
     weights = Path(out) / "weights.pt"
     write_yolov5(weights, ema.ema)
     return weights
