@@ -26,6 +26,7 @@ from icmflow.datasets.prepared import PreparedDataset
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
 from icmflow.tasks.classes import ClassMappingError, class_mapping
+from icmflow.vision.tasks import yolov5_checkpoint
 from icmflow.vision.tasks.base import TASK_BACKENDS, TaskModelSpec, TrainingData, TrainSettings
 from icmflow.vision.tasks.offline import import_ultralytics
 from icmflow.vision.tasks.yolov5_checkpoint import read_yolov5, write_yolov5
@@ -81,6 +82,17 @@ def test_a_checkpoint_is_yolov5s_format_read_back_exactly(weights):
     assert pickled >= YOLOV5_GLOBALS
     assert not any(name.startswith(("icmflow", "ultralytics")) for name in pickled)
     assert class_names(read_yolov5(weights)) == dict(enumerate(NAMES))
+
+
+def test_yolov5_7s_name_of_the_model_class_is_read_too(tmp_path, monkeypatch):
+    classes = yolov5_checkpoint.yolov5_classes()
+    renamed = {"models.yolo.DetectionModel": classes.pop("models.yolo.DetectionModel"), **classes}
+    monkeypatch.setattr(yolov5_checkpoint, "yolov5_classes", lambda: renamed)
+    write_yolov5(tmp_path / "v7.pt", tiny_yolov5(NAMES))  # as YOLOv5 7.0 pickles its models
+    monkeypatch.undo()
+    pickled = torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "v7.pt")
+    assert "models.yolo.DetectionModel" in pickled and "models.yolo.Model" not in pickled
+    assert read_yolov5(tmp_path / "v7.pt").nc == len(NAMES)
 
 
 def test_yolov5s_own_code_reads_what_icmflow_saves(weights):

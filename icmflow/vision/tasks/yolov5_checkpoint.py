@@ -42,12 +42,14 @@ PICKLE_PROTOCOL = 2
 
 
 def yolov5_classes() -> dict[str, type[nn.Module]]:
-    """YOLOv5's global name -> the class icmflow builds in its place."""
+    """YOLOv5's global name -> the class icmflow builds in its place. A class is saved under
+    its first name here (YOLOv5 7.0 renamed `Model` to `DetectionModel` and reads both)."""
     import_ultralytics()
     from ultralytics.nn.modules import C3, SPPF, Bottleneck, Concat, Conv
 
     return {
         "models.yolo.Model": Model,
+        "models.yolo.DetectionModel": Model,
         "models.yolo.Detect": Detect,
         "models.common.Conv": Conv,
         "models.common.C3": C3,
@@ -121,9 +123,11 @@ class _YoloV5Pickler(pickle._Pickler):
 
 def write_yolov5(path: Path, model: Model) -> None:
     """Save `model` as YOLOv5 saves its trained weights (half precision, no optimiser)."""
-    aliases = {cls: name for name, cls in yolov5_classes().items()}
+    aliases: dict[type, str] = {}
+    for name, cls in yolov5_classes().items():
+        aliases.setdefault(cls, name)
     pickler = type("Pickler", (_YoloV5Pickler,), {"aliases": aliases})
-    half = copy.deepcopy(model).half().eval()
+    half = copy.deepcopy(model).cpu().half().eval()
     pickle_module = ModuleType("yolov5_pickle")
     pickle_module.Pickler = pickler
     buffer = io.BytesIO()
