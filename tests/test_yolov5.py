@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from icmflow.coding.classical import CLASSICAL
 from icmflow.coding.coded_dataset import coded_split, encode_dataset
 from icmflow.core.errors import CheckpointError, IcmflowError
-from icmflow.datasets.prepared import PreparedDataset
+from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
 from icmflow.tasks.classes import ClassMappingError, class_mapping
@@ -279,6 +279,16 @@ def test_fine_tuning_refuses_unknown_options_and_unmatched_categories(weights, c
     settings = TrainSettings(epochs=1, batch_size=2, initial=other)
     with pytest.raises(ClassMappingError, match="disc"):
         BACKEND.train(spec(other), data, settings, tmp)
+    empty = tmp / "empty.json"
+    write_prepared(
+        empty,
+        {**coded_train.data, "images": [], "annotations": []},
+        image_root=coded_train.image_root,
+        final_dir=tmp,
+    )
+    settings = TrainSettings(epochs=1, batch_size=2, initial=weights)
+    with pytest.raises(IcmflowError, match="no images to fine-tune on"):
+        BACKEND.train(spec(weights), TrainingData(coco=empty), settings, tmp)
     assert not (tmp / "weights.pt").exists()
 
 
