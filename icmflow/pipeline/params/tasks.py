@@ -47,7 +47,9 @@ class TaskFinetune(Section):
 
 class TaskEntry(Section):
     kind: Literal["detection", "instance_segmentation", "semantic_segmentation"]
-    backend: str = Field(description="a registered task backend: ultralytics | torchvision")
+    backend: str = Field(
+        description="a registered task backend: ultralytics | torchvision | yolov5"
+    )
     weights: str | None = Field(None, description="a local weights file (never downloaded)")
     train: TaskTraining | None = None
     input_size: int = Field(640, gt=0, description="the side images are resized to")
