@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from icmflow.core.errors import ProblemLog
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.coco import normalise
 from icmflow.datasets.formats import FORMATS as READERS
 from icmflow.datasets.formats.cityscapes import IMAGE_SUFFIX, INSTANCE_SUFFIX, write_cityscapes
@@ -77,6 +78,15 @@ class Tiny:
         raw = READERS[self.format].read(self.annotations, self.images, problems, **self.options)
         return normalise(raw, self.images, problems, workers=1), problems
 
+    def params_entry(self) -> dict:
+        """Its entry under `datasets` in params.yaml (one split, `val`)."""
+        split = {
+            "annotations": self.annotations.relative_to(self.root).as_posix(),
+            "images": self.images.relative_to(self.root).as_posix(),
+        }
+        options = {"dataset_yaml": "data.yaml"} if self.format == "yolo" else {}
+        return {"format": self.format, "root": str(self.root), "splits": {"val": split}, **options}
+
     def edit_json(self, change) -> None:
         coco = json.loads(self.annotations.read_text())
         change(coco)
@@ -125,3 +135,28 @@ def write_tiny(format: str, root: Path) -> Tiny:
     assert len(read["images"]) == len(SIZES)
     assert len(read["annotations"]) == len(coco["annotations"])
     return tiny
+
+
+def layouts(*formats: str):
+    return pytest.mark.parametrize("tiny", formats, indirect=True)
+
+
+def name(tiny: Tiny, index: int) -> str:
+    return tiny.image(index).relative_to(tiny.images).as_posix()
+
+
+def assert_refused(tiny: Tiny, file, entry: str, text: str, lost: set[int]) -> None:
+    """`raise` names file, entry and problem; `skip` logs the same and leaves out images `lost`."""
+    with pytest.raises(InputError) as err:
+        tiny.prepare("raise")
+    assert (err.value.file, err.value.entry) == (str(file), entry), str(err.value)
+    assert text in err.value.reason
+    prepared, problems = tiny.prepare("skip")
+    assert any(
+        (s.file, s.entry) == (str(file), entry) and text in s.reason for s in problems.skipped
+    ), problems.skipped
+    kept = {im["file_name"] for im in prepared["images"]}
+    assert kept == {name(tiny, i) for i in range(len(SIZES)) if i not in lost}
+    kept_ids = {im["id"] for im in prepared["images"]}
+    assert all(a["image_id"] in kept_ids for a in prepared["annotations"])
+    assert len(prepared["annotations"]) == 2 * len(kept)  # the kept images lose nothing

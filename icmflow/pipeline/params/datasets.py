@@ -11,7 +11,7 @@ from pydantic import Discriminator, Field, Tag
 
 from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.formats.base import FormatOptions
-from icmflow.pipeline.params.sections import Section
+from icmflow.pipeline.params.sections import Name, Section
 
 
 class SplitParams(Section):
@@ -24,7 +24,9 @@ class SplitParams(Section):
 
 class DatasetBase(Section):
     root: str = Field(description="folder holding the dataset; DVC tracks it as a dependency")
-    splits: dict[str, SplitParams]
+    splits: dict[Name, SplitParams] = Field(
+        min_length=1, description="split name -> its files; names become file names"
+    )
 
     def split_paths(self, split: str) -> tuple[Path, Path]:
         """(annotations file or folder, image folder) of `split`."""
