@@ -20,12 +20,12 @@ from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.core.errors import InputError
 from icmflow.datasets.images import read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
-from icmflow.pipeline.params import Params, ParamsError, load_params
+from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
 from icmflow.stages import prepare
 from icmflow.vision.tasks.base import TrainingData
 from icmflow.vision.tasks.ultralytics_backend import write_yolo_layout
-from tests.helpers.layouts import SIZES, Tiny, assert_refused, write_tiny
+from tests.helpers.layouts import SIZES, Tiny, assert_refused, tiny_params, write_tiny
 from tests.helpers.project import REPO, store_files
 
 JPEG = CLASSICAL["jpeg"](family="jpeg", quality=50)
@@ -41,14 +41,6 @@ def prepared(tiny: Tiny, out) -> PreparedDataset:
     data, _ = tiny.prepare()
     write_prepared(out / "val.json", data, image_root=tiny.images, final_dir=out)
     return PreparedDataset.load(out / "val.json")
-
-
-def tiny_params(tiny: Tiny, **prepare_options) -> Params:
-    """params.yaml with the tiny dataset as `tiny`."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["datasets"]["tiny"] = tiny.params_entry()
-    raw["prepare"].update(workers=1, **prepare_options)
-    return Params.model_validate(raw)
 
 
 def exif_jpeg(path, rgb: np.ndarray, orientation: int) -> None:

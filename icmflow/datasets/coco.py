@@ -38,7 +38,7 @@ from tqdm import tqdm
 from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.file_names import file_name_problem, stem
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb, undecodable
-from icmflow.datasets.rle import annotation_rle, counts_problem, rle_area_and_bbox
+from icmflow.datasets.rle import annotation_rle, counts_problem, rle_area_and_bbox, runs_problem
 
 EDGE_TOLERANCE = 1.0
 """Pixels by which polygon and box coordinates may lie outside the image (COCO rounds so)."""
@@ -142,7 +142,7 @@ def _rle_problem(rle: dict, width: int, height: int) -> str | None:
             return "uncompressed RLE counts must be non-negative integers"
         if sum(counts) != width * height:
             return f"uncompressed RLE counts sum to {sum(counts)}, not {height}*{width}"
-        return None
+        return runs_problem(counts)
     if isinstance(counts, str):
         return counts_problem(counts, height, width)
     return "RLE counts must be a string (compressed) or a list (uncompressed)"

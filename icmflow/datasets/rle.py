@@ -86,6 +86,16 @@ def counts_problem(counts: str, height: int, width: int) -> str | None:
             f"compressed RLE run lengths add up to {runs.sum()} pixels, not {height}*{width}: "
             "the counts belong to another size or are corrupt"
         )
+    return runs_problem(runs.tolist())
+
+
+def runs_problem(runs: list[int]) -> str | None:
+    """Why run lengths that cover their image still cannot go to pycocotools, or None."""
+    if 0 in runs[1:]:
+        return (
+            "RLE counts hold an empty run after the first (pycocotools never writes one, and "
+            "its merge gives garbage on them): join the runs on either side"
+        )
     return None
 
 

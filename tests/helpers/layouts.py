@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.coco import normalise
@@ -16,6 +19,8 @@ from icmflow.datasets.formats.cityscapes import IMAGE_SUFFIX, INSTANCE_SUFFIX, w
 from icmflow.datasets.formats.visdrone import write_visdrone
 from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo
 from icmflow.datasets.images import write_png
+from icmflow.pipeline.params import Params
+from tests.helpers.project import REPO
 
 FORMATS = ("coco", "visdrone", "yolo", "cityscapes")
 CATEGORY = {"coco": 1, "visdrone": 4, "yolo": 0, "cityscapes": 26}
@@ -78,6 +83,12 @@ class Tiny:
         raw = READERS[self.format].read(self.annotations, self.images, problems, **self.options)
         return normalise(raw, self.images, problems, workers=1), problems
 
+    def copy(self, root: Path) -> Tiny:
+        """The same dataset, copied to `root`."""
+        shutil.copytree(self.root, root)
+        options = {"dataset_yaml": root / "data.yaml"} if self.format == "yolo" else {}
+        return replace(self, root=root, options=options)
+
     def params_entry(self) -> dict:
         """Its entry under `datasets` in params.yaml (one split, `val`)."""
         split = {
@@ -137,11 +148,26 @@ def write_tiny(format: str, root: Path) -> Tiny:
     return tiny
 
 
+@cache
+def _project_params() -> str:
+    return json.dumps(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def tiny_params(tiny: Tiny, **prepare: object) -> Params:
+    """The project's params.yaml with `tiny` as dataset `tiny` and `prepare` settings."""
+    raw = json.loads(_project_params())
+    raw["datasets"]["tiny"] = tiny.params_entry()
+    raw["prepare"].update(workers=1, **prepare)
+    return Params.model_validate(raw)
+
+
 def layouts(*formats: str):
+    """Parametrise fixture `tiny` over `formats`."""
     return pytest.mark.parametrize("tiny", formats, indirect=True)
 
 
 def name(tiny: Tiny, index: int) -> str:
+    """Image `index`'s file_name."""
     return tiny.image(index).relative_to(tiny.images).as_posix()
 
 
