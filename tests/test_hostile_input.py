@@ -128,6 +128,12 @@ BAD_RLES = {
     "truncated": (box_rle(48, 32) + "P", "end inside a run"),
     "over-long run": ("PPPPPPPP0", "more than 7 characters"),
     "not ASCII": ("0é", "must be ASCII"),
+    "empty run": (
+        mask_utils.frPyObjects({"size": [32, 48], "counts": [0, 0, 1536]}, 32, 48)[
+            "counts"
+        ].decode(),
+        "an empty run after the first",
+    ),
 }
 
 
@@ -145,6 +151,7 @@ def test_a_compressed_rle_must_cover_its_image_exactly(damage, tmp_path):
     [
         ({"size": [32, 48], "counts": [5, 5]}, "counts sum to 10, not 32*48"),
         ({"size": [32, 48], "counts": [-1, 1537]}, "non-negative integers"),
+        ({"size": [32, 48], "counts": [0, 5, 0, 1531]}, "an empty run after the first"),
         ({"size": [48, 32], "counts": box_rle(48, 32)}, "RLE size [48, 32] differs"),
         ({"size": [32.0, 48.0], "counts": box_rle(48, 32)}, "RLE size [32.0, 48.0] differs"),
         ({"size": [32, 48]}, "RLE counts must be a string"),
