@@ -26,13 +26,13 @@ def file_name_problem(name: object) -> str | None:
     path = PurePosixPath(name)
     if path.is_absolute():
         return (
-            f"file_name {name!r} is absolute: it must be relative to the image folder (outputs "
-            "named after it would be written outside their folder)"
+            f"file_name {name!r} is absolute: make it relative to the split's `images` folder "
+            "(outputs named after it would be written outside their folder)"
         )
     if ".." in path.parts:
         return (
-            f"file_name {name!r} climbs out of the image folder with '..': move the image into "
-            "the folder, or make the folder the common parent of all images"
+            f"file_name {name!r} climbs out of the image folder with '..': point the split's "
+            "`images` at a folder holding every image, or move the image into it"
         )
     if not path.name:
         return f"file_name {name!r} names no file"
