@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,12 +18,14 @@ from pycocotools import mask as mask_utils
 
 from icmflow.coding.classical import CLASSICAL
 from icmflow.coding.coded_dataset import encode_dataset
+from icmflow.coding.machine import write_machine_split
 from icmflow.core.errors import InputError
 from icmflow.datasets.images import read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
 from icmflow.stages import prepare
+from icmflow.tasks.predictions import label_png_path
 from icmflow.vision.tasks.base import TrainingData
 from icmflow.vision.tasks.ultralytics_backend import write_yolo_layout
 from tests.helpers.layouts import SIZES, Tiny, assert_refused, tiny_params, write_tiny
@@ -90,6 +93,21 @@ def test_a_coded_dataset_is_never_written_outside_its_folder(tmp_path):
     assert err.value.entry == f"file_name={str(tiny.image(1))!r}"
     after = {k: v for k, v in store_files(tmp_path).items() if not k.startswith("coded/")}
     assert after == before
+
+
+def test_machine_bitstreams_and_label_pngs_are_never_written_outside_their_folder(tmp_path):
+    """The other outputs named after images refuse such names too."""
+    tiny = tiny_coco(tmp_path)
+    dataset = prepared(tiny, tmp_path / "prepared")
+    dataset.images[0]["file_name"] = "../../../im1.png"
+    coder = SimpleNamespace(encode=lambda rgb: SimpleNamespace(data=b"x", keep=np.ones(2)))
+    with pytest.raises(InputError, match="climbs out of the image folder") as err:
+        write_machine_split(coder, dataset, tmp_path / "coded", "val")
+    assert err.value.file == str(dataset.path)
+    with pytest.raises(InputError, match="is absolute"):
+        label_png_path(tmp_path / "labels", str(tiny.image(1)))
+    assert label_png_path(tmp_path, "a/b.jpg") == tmp_path / "a" / "b.png"
+    assert not (tmp_path / "coded").exists()
 
 
 @pytest.mark.parametrize("split", ["../up", "a/b", "..", ".hidden", "x.y", ""])
