@@ -211,13 +211,17 @@ def label_edit(draw, format: str) -> tuple:
         if kind in ("ids", "labels"):
             return ("label", kind, image, draw(LABEL_VALUES), draw(st.integers(0, 31)))
         return ("label", kind, image, draw(st.binary(max_size=20)))
-    kinds = ["row", "row", "row", "bytes", "delete"] + (["yaml"] if format == "yolo" else [])
+    kinds = ["row", "row", "row", "bytes", "delete"]
+    kinds += ["yaml", "yaml text"] if format == "yolo" else []
     kind = draw(st.sampled_from(kinds))
     if kind == "row":
         rows = YOLO_ROWS if format == "yolo" else VISDRONE_ROWS
         return ("label", kind, image, draw(st.integers(0, 2)), draw(rows))
     if kind == "yaml":
         return ("label", kind, image, draw(NAMES), draw(st.sampled_from([None, 1, 2, "x"])))
+    if kind == "yaml text":
+        texts = ["[" * 50_000, "names: [", "names: {0: thing, 0: other}", "\x00", "- 1"]
+        return ("label", kind, image, draw(st.sampled_from(texts)))
     return ("label", kind, image, draw(st.binary(max_size=20)))
 
 
@@ -227,6 +231,9 @@ def apply_label_edit(tiny: Tiny, kind: str, image: int, *args) -> None:
         if args[1] is not None:
             config["nc"] = args[1]
         (tiny.root / "data.yaml").write_text(yaml.safe_dump(config))
+        return
+    if kind == "yaml text":
+        (tiny.root / "data.yaml").write_text(args[0])
         return
     label = tiny.label(image)
     if kind == "delete":

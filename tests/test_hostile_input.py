@@ -414,3 +414,11 @@ def test_deeply_nested_json_is_an_error_naming_the_file(text, tmp_path):
     with pytest.raises(InputError, match="JSON nested too deeply") as err:
         tiny.prepare("skip")
     assert err.value.file == str(tiny.annotations)
+
+
+def test_a_deeply_nested_dataset_yaml_is_an_error_naming_it(tmp_path):
+    tiny = write_tiny("yolo", tmp_path / "yolo")
+    (tiny.root / "data.yaml").write_text("names: " + "[" * 100_000)
+    with pytest.raises(InputError, match="YAML nested too deeply") as err:
+        tiny.prepare("skip")
+    assert err.value.file == str(tiny.root / "data.yaml")

@@ -36,16 +36,31 @@ DECIMALS = 6
 """Digits written after the point by `write_yolo`, as ultralytics writes them."""
 
 
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it: Python's takes minutes on a deeply nested file
+(libyaml refuses it at once)."""
+
+
 def read_names(path: Path) -> dict[int, str]:
     """Class index -> name from an ultralytics dataset YAML."""
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=YAML_LOADER)
     except FileNotFoundError:
         raise InputError(
             path, "", "dataset YAML not found; check `dataset_yaml` in params.yaml"
         ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(path, "", f"not valid YAML ({err}); fix or export it again") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", "not UTF-8 text: is it a YAML file?") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
+        raise InputError(
+            path,
+            f"line {mark.line + 1} column {mark.column + 1}" if mark else "",
+            f"not valid YAML ({problem}); fix or export it again",
+        ) from None
+    except RecursionError:
+        raise InputError(path, "", "YAML nested too deeply to read: not a dataset YAML") from None
     names = config.get("names") if isinstance(config, dict) else None
     if isinstance(names, list):
         names = dict(enumerate(names))
