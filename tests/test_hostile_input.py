@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
+from typer.testing import CliRunner
 
 from icmflow.coding.classical import CLASSICAL
 from icmflow.coding.coded_dataset import encode_dataset
@@ -22,6 +23,7 @@ from icmflow.coding.machine import write_machine_split
 from icmflow.core.errors import InputError
 from icmflow.datasets.images import read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
+from icmflow.pipeline.cli import app
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
 from icmflow.stages import prepare
@@ -77,6 +79,20 @@ def test_a_file_name_that_leaves_the_image_folder_is_refused(kind, tmp_path):
     text = "is absolute" if kind == "absolute" else "climbs out of the image folder with '..'"
     entry = f"images[0] (id=1, file_name={file_name!r})"
     assert_refused(tiny, tiny.annotations, entry, text, {0})
+
+
+def test_the_cli_says_it_in_one_line_and_exits_1(tmp_path, monkeypatch):
+    tiny = tiny_coco(tmp_path)
+    set_image(tiny, 0, file_name=str(tiny.image(0)))
+    raw = tiny_params(tiny).model_dump(mode="json", exclude_none=True)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path / "project")
+    result = CliRunner().invoke(app, ["prepare", "tiny"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    entry = f"images[0] (id=1, file_name={str(tiny.image(0))!r})"
+    assert line.startswith(f"icmflow prepare: {tiny.annotations}: {entry}: file_name ")
 
 
 def test_a_coded_dataset_is_never_written_outside_its_folder(tmp_path):
