@@ -4,13 +4,16 @@ A coded dataset folder holds one or more splits of a source dataset, laid out as
 reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next to it:
 
 - `images/<split>/<stem>.png`: the decoded pixels, losslessly, exactly what the bitstream
-  decodes to (decoded from the very bytes written beside it, in the same process);
+  decodes to (decoded from the very bytes written beside it, in the same process); `<stem>` is
+  the source's `file_name` without its suffix, folders kept (`datasets.file_names`: it never
+  leaves the folder, and no two images of a split share one);
 - `bitstreams/<split>/<stem><suffix>`: the file the codec wrote (`.bin` for learned codecs,
   see `icmflow.coding.bitstream`; `.jpg`, `.webp`, ... for classical ones);
 - `annotations/<split>.json`: the source's normalised COCO JSON, `file_name`s naming the PNGs;
-- `labels/<split>/<stem>.txt` and `data.yaml`: the same annotations for ultralytics (class
-  indices: the categories in id order, `yolo_classes`; `train` and `val` name the first split
-  when no split has that name, as ultralytics needs both);
+- `labels/<split>/<stem>.txt` (where ultralytics looks: `file_names.label_file`) and
+  `data.yaml`: the same annotations for ultralytics (class indices: the categories in id
+  order, `yolo_classes`; `train` and `val` name the first split when no split has that name,
+  as ultralytics needs both);
 - `bpp/<split>.csv`: per image, bitstream bytes, pixels and bpp;
 - for Cityscapes sources, `cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png` (links to
   the decoded PNGs, named as the originals) and `cityscapes/gtFine/<split>/` (the source's

@@ -17,7 +17,14 @@ Rules, whatever the reader:
   polygon or box far outside its image usually means the annotation belongs to another image or
   width and height are mixed up, and clipping would hide that. Within the tolerance it is kept;
   masks clip it to the image.
-- An instance that covers no pixel (zero area) is rejected.
+- An instance that covers no pixel (zero area) is rejected. Polygons must be numbers, RLEs must
+  cover their image exactly (pycocotools trusts them and hangs or returns garbage otherwise),
+  `iscrowd` is 0 or 1, and a given `bbox` or `area` must agree with the segmentation
+  (`_bbox_problem`, `_area_problem`); missing ones are computed from it.
+- A `file_name` must stay inside its image folder, and no two images may share a stem: outputs
+  are named after it (`file_names`).
+- Categories need an integer id of their own and a name; a split needs images (the prepare
+  stage). Neither is ever skipped.
 - Each bad entry is an `InputError` naming the file and the entry, or (`on_error: skip`) a logged
   skip. A skipped annotation takes its image with it, and duplicate image ids drop every image
   sharing the id: otherwise an image's mask would silently miss an object or gain another
