@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from icmflow.coding.classical import CLASSICAL
 from icmflow.coding.coded_dataset import encode_dataset
 from icmflow.coding.machine import write_machine_split
-from icmflow.core.errors import InputError
+from icmflow.core.errors import InputError, ProblemLog
+from icmflow.datasets.coco import prepare_coco
 from icmflow.datasets.images import read_header, read_rgb
 from icmflow.datasets.prepared import PreparedDataset, write_prepared
 from icmflow.pipeline.cli import app
@@ -31,7 +32,7 @@ from icmflow.tasks.predictions import label_png_path
 from icmflow.vision.tasks.base import TrainingData
 from icmflow.vision.tasks.ultralytics_backend import write_yolo_layout
 from tests.helpers.layouts import SIZES, Tiny, assert_refused, tiny_params, write_tiny
-from tests.helpers.project import REPO, store_files
+from tests.helpers.project import REPO, real_sample, store_files
 
 JPEG = CLASSICAL["jpeg"](family="jpeg", quality=50)
 FIRST_IMAGE = "images[0] (id=1, file_name='im1.png')"
@@ -447,3 +448,21 @@ def test_yaml_errors_are_one_line(tmp_path):
     with pytest.raises(InputError) as err:
         tiny.prepare()
     assert (err.value.entry, "\n" in str(err.value)) == ("line 2 column 1", False)
+
+
+@pytest.mark.parametrize(
+    ("sample", "annotations", "images"),
+    [
+        ("coco-val158", "instances_val2017.json", "images"),
+        ("coco-train160", "instances_train2017.json", "images"),
+        ("coco-voc3", "annotations.json", "."),
+    ],
+)
+def test_real_coco_passes_every_check(sample, annotations, images):
+    """The tolerances of the bbox and area checks admit real COCO (and a VOC export)."""
+    root = real_sample(sample)
+    problems = ProblemLog("raise")
+    data = prepare_coco(root / annotations, root / images, problems, decode_images=False)
+    source = json.loads((root / annotations).read_text())
+    assert len(data["annotations"]) == len(source["annotations"]) > 0
+    assert not problems.notes  # no orientation tags
