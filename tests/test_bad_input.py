@@ -20,37 +20,20 @@ from icmflow.masks.store import MaskStore
 from icmflow.training.data import TrainingCrops
 from tests.helpers.builders import build, save_codec
 from tests.helpers.codecs import learned_spec
-from tests.helpers.layouts import FORMATS, SIZES, Tiny, write_tiny
+from tests.helpers.layouts import (
+    FORMATS,
+    SIZES,
+    Tiny,
+    assert_refused,
+    layouts,
+    name,
+    write_tiny,
+)
 
 
 @pytest.fixture(params=FORMATS)
 def tiny(request, tmp_path) -> Tiny:
     return write_tiny(request.param, tmp_path / request.param)
-
-
-def layouts(*formats: str):
-    return pytest.mark.parametrize("tiny", formats, indirect=True)
-
-
-def name(tiny: Tiny, index: int) -> str:
-    return tiny.image(index).relative_to(tiny.images).as_posix()
-
-
-def assert_refused(tiny: Tiny, file, entry: str, text: str, lost: set[int]) -> None:
-    """`raise` names file, entry and problem; `skip` logs the same and leaves out images `lost`."""
-    with pytest.raises(InputError) as err:
-        tiny.prepare("raise")
-    assert (err.value.file, err.value.entry) == (str(file), entry), str(err.value)
-    assert text in err.value.reason
-    prepared, problems = tiny.prepare("skip")
-    assert any(
-        (s.file, s.entry) == (str(file), entry) and text in s.reason for s in problems.skipped
-    ), problems.skipped
-    kept = {im["file_name"] for im in prepared["images"]}
-    assert kept == {name(tiny, i) for i in range(len(SIZES)) if i not in lost}
-    kept_ids = {im["id"] for im in prepared["images"]}
-    assert all(a["image_id"] in kept_ids for a in prepared["annotations"])
-    assert len(prepared["annotations"]) == 2 * len(kept)  # the kept images lose nothing
 
 
 def box_union(tiny: Tiny, index: int) -> np.ndarray:

@@ -50,7 +50,7 @@ def test_a_folder_with_subfolders_and_mixed_suffixes_is_a_dataset(tmp_path):
 
 def test_files_differing_only_in_suffix_are_named_or_skipped(tmp_path):
     write_photos(tmp_path, {"x.png": (16, 16), "x.jpg": (16, 16), "y.png": (16, 16)})
-    with pytest.raises(InputError, match=r"x\.jpg, x\.png\) differ only in suffix"):
+    with pytest.raises(InputError, match=r"2 images \('x\.jpg', 'x\.png'\) share the stem 'x'"):
         read(tmp_path)
     dataset, problems = read(tmp_path, "skip")
     assert [image["file_name"] for image in dataset["images"]] == ["y.png"]

@@ -4,13 +4,16 @@ A coded dataset folder holds one or more splits of a source dataset, laid out as
 reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next to it:
 
 - `images/<split>/<stem>.png`: the decoded pixels, losslessly, exactly what the bitstream
-  decodes to (decoded from the very bytes written beside it, in the same process);
+  decodes to (decoded from the very bytes written beside it, in the same process); `<stem>` is
+  the source's `file_name` without its suffix, folders kept (`datasets.file_names`: it never
+  leaves the folder, and no two images of a split share one);
 - `bitstreams/<split>/<stem><suffix>`: the file the codec wrote (`.bin` for learned codecs,
   see `icmflow.coding.bitstream`; `.jpg`, `.webp`, ... for classical ones);
 - `annotations/<split>.json`: the source's normalised COCO JSON, `file_name`s naming the PNGs;
-- `labels/<split>/<stem>.txt` and `data.yaml`: the same annotations for ultralytics (class
-  indices: the categories in id order, `yolo_classes`; `train` and `val` name the first split
-  when no split has that name, as ultralytics needs both);
+- `labels/<split>/<stem>.txt` (where ultralytics looks: `file_names.label_file`) and
+  `data.yaml`: the same annotations for ultralytics (class indices: the categories in id
+  order, `yolo_classes`; `train` and `val` name the first split when no split has that name,
+  as ultralytics needs both);
 - `bpp/<split>.csv`: per image, bitstream bytes, pixels and bpp;
 - for Cityscapes sources, `cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png` (links to
   the decoded PNGs, named as the originals) and `cityscapes/gtFine/<split>/` (the source's
@@ -33,6 +36,7 @@ import csv
 import io
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 from distributed import Client, as_completed
@@ -40,9 +44,11 @@ from tqdm import tqdm
 
 from icmflow.coding.image_codec import CodecSpec
 from icmflow.core.completion import COMPLETE, completed, mark_complete, require_complete
+from icmflow.core.errors import InputError
 from icmflow.core.files import remove, write_bytes, write_csv, write_json, write_text
 from icmflow.core.resume import fingerprint
 from icmflow.core.storage import location
+from icmflow.datasets.file_names import output_stem
 from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo_labels, yolo_names
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
@@ -55,8 +61,19 @@ BUILDING = "_BUILDING"
 """The marker of a build in progress: its fingerprint."""
 
 
-def _stem(file_name: str) -> str:
-    return str(Path(file_name).with_suffix(""))
+def _output_stems(dataset: PreparedDataset) -> list[str]:
+    """Each image's output name (`file_names.output_stem`), refusing names that would leave the
+    dataset's folders or that two images share (prepare refuses both)."""
+    stems = [output_stem(image["file_name"], dataset.path) for image in dataset.images]
+    shared = sorted(name for name, count in Counter(stems).items() if count > 1)
+    if shared:
+        raise InputError(
+            dataset.path,
+            "",
+            f"images share the stem(s) {', '.join(map(repr, shared[:5]))}: their coded files "
+            "would be one file; run `icmflow prepare` again",
+        )
+    return stems
 
 
 def _annotations(coded_dir: Path, split: str) -> Path:
@@ -111,6 +128,9 @@ def encode_dataset(
     URL), with the splits' annotations (COCO, YOLO labels, `data.yaml`); returns each split's
     summary."""
     out = location(out)
+    for dataset in splits.values():
+        if not dataset.images:
+            raise InputError(dataset.path, "", "no images to encode: bpp would be undefined")
     digest = fingerprint(spec, {split: (str(d.path), d.data) for split, d in splits.items()})
     _begin(out, digest)
     summaries = {
@@ -136,7 +156,8 @@ def _encode_split(
     client: Client | None,
     images_per_task: int,
 ) -> dict:
-    jobs = [(str(dataset.image_path(im)), _stem(im["file_name"])) for im in dataset.images]
+    stems = _output_stems(dataset)
+    jobs = [(str(dataset.image_path(im)), s) for im, s in zip(dataset.images, stems, strict=True)]
     tasks = [jobs[i : i + images_per_task] for i in range(0, len(jobs), images_per_task)]
     args = (spec, str(out), split)
     with tqdm(total=len(jobs), desc=f"encode {split}", unit="img") as bar:
@@ -147,14 +168,16 @@ def _encode_split(
             futures = [client.submit(_encode_images, *args, task, pure=False) for task in tasks]
             for future in as_completed(futures):
                 bar.update(future.result())
-    return _write_index(dataset, out, split, spec.suffix)
+    return _write_index(dataset, stems, out, split, spec.suffix)
 
 
-def _write_index(dataset: PreparedDataset, out: Path, split: str, suffix: str) -> dict:
-    """The bpp table and annotations of a split whose images are all coded; its summary."""
+def _write_index(
+    dataset: PreparedDataset, stems: list[str], out: Path, split: str, suffix: str
+) -> dict:
+    """The bpp table and annotations of a split whose images are all coded (as `stems`); its
+    summary."""
     rows, images = [], []
-    for image in dataset.images:
-        stem = _stem(image["file_name"])
+    for image, stem in zip(dataset.images, stems, strict=True):
         size = (out / "bitstreams" / split / f"{stem}{suffix}").stat().st_size
         pixels = image["width"] * image["height"]
         rows.append(
@@ -174,7 +197,7 @@ def _write_index(dataset: PreparedDataset, out: Path, split: str, suffix: str) -
         "images": len(rows),
         "total_bits": total_bits,
         "total_pixels": total_pixels,
-        "bpp": total_bits / total_pixels if total_pixels else float("nan"),
+        "bpp": total_bits / total_pixels,
         "bpp_definition": "total bits of all bitstream files (headers included) / total pixels",
     }
     coded = {

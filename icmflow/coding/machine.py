@@ -37,6 +37,7 @@ from icmflow.core.completion import require_complete
 from icmflow.core.errors import BitstreamError, CheckpointError
 from icmflow.core.files import write_bytes, write_csv
 from icmflow.core.storage import location
+from icmflow.datasets.file_names import output_stem
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.vision.tasks.base import Detections, Prediction
@@ -110,8 +111,8 @@ def write_machine_split(
     """Code every image of `dataset` into `out/machine/<split>/`; the split's rate summary."""
     rows = []
     for image in tqdm(dataset.images, desc=f"machine bitstreams {split}", unit="img"):
+        stem = output_stem(image["file_name"], dataset.path)
         coded = codec.encode(read_rgb(dataset.image_path(image)))
-        stem = str(Path(image["file_name"]).with_suffix(""))
         write_bytes(out / MACHINE / split / f"{stem}.bin", coded.data)
         pixels = image["width"] * image["height"]
         rows.append(

@@ -53,12 +53,23 @@ class Skip:
     reason: str
 
 
+@dataclass(frozen=True)
+class Note:
+    """Something about an entry that is kept as it is, but that the user should know."""
+
+    file: str
+    entry: str
+    note: str
+
+
 class ProblemLog:
-    """Applies the `on_error` policy: raise an `InputError`, or record a `Skip` and log it."""
+    """Applies the `on_error` policy: raise an `InputError`, or record a `Skip` and log it.
+    Notes on entries that are fine are recorded (and logged) whatever the policy."""
 
     def __init__(self, on_error: OnError):
         self.on_error = on_error
         self.skipped: list[Skip] = []
+        self.notes: list[Note] = []
 
     def report(self, file: str, entry: str, reason: str, *, also_skipped: str = "") -> None:
         """Raise, or record the skip; `also_skipped` says what else the skip leaves out."""
@@ -68,5 +79,12 @@ class ProblemLog:
         self.skipped.append(skip)
         log.warning("skipped %s: %s: %s", skip.file, skip.entry, skip.reason)
 
+    def note(self, file: str, entry: str, note: str) -> None:
+        self.notes.append(Note(str(file), entry, note))
+        log.debug("note on %s: %s: %s", file, entry, note)
+
     def as_records(self) -> list[dict[str, str]]:
         return [asdict(s) for s in self.skipped]
+
+    def note_records(self) -> list[dict[str, str]]:
+        return [asdict(n) for n in self.notes]

@@ -17,7 +17,14 @@ Rules, whatever the reader:
   polygon or box far outside its image usually means the annotation belongs to another image or
   width and height are mixed up, and clipping would hide that. Within the tolerance it is kept;
   masks clip it to the image.
-- An instance that covers no pixel (zero area) is rejected.
+- An instance that covers no pixel (zero area) is rejected. Polygons must be numbers, RLEs must
+  cover their image exactly (pycocotools trusts them and hangs or returns garbage otherwise),
+  `iscrowd` is 0 or 1, and a given `bbox` or `area` must agree with the segmentation
+  (`_bbox_problem`, `_area_problem`); missing ones are computed from it.
+- A `file_name` must stay inside its image folder, and no two images may share a stem: outputs
+  are named after it (`file_names`).
+- Categories need an integer id of their own and a name; a split needs images (the prepare
+  stage). Neither is ever skipped.
 - Each bad entry is an `InputError` naming the file and the entry, or (`on_error: skip`) a logged
   skip. A skipped annotation takes its image with it, and duplicate image ids drop every image
   sharing the id: otherwise an image's mask would silently miss an object or gain another
@@ -36,8 +43,9 @@ from typing import Any
 from tqdm import tqdm
 
 from icmflow.core.errors import InputError, ProblemLog
+from icmflow.datasets.file_names import file_name_problem, stem
 from icmflow.datasets.images import SWAPS_SIDES, read_header, read_rgb, undecodable
-from icmflow.datasets.rle import annotation_rle, rle_area_and_bbox
+from icmflow.datasets.rle import annotation_rle, counts_problem, rle_area_and_bbox, runs_problem
 
 EDGE_TOLERANCE = 1.0
 """Pixels by which polygon and box coordinates may lie outside the image (COCO rounds so)."""
@@ -92,6 +100,10 @@ def load_json(path: Path) -> Any:
             f"line {err.lineno} column {err.colno}",
             f"invalid JSON ({err.msg}); the file is probably truncated: fetch or export it again",
         ) from None
+    except RecursionError:
+        raise InputError(
+            path, "", "JSON nested too deeply to read: not an annotation file; export it again"
+        ) from None
 
 
 def read_coco_json(path: Path) -> RawDataset:
@@ -122,9 +134,25 @@ def _numbers(values: Any) -> list[float] | None:
         return None
     try:
         finite = all(map(math.isfinite, values))
-    except TypeError:
+    except (TypeError, OverflowError):  # not numbers; integers too large for a float
         return None
     return values if finite else None
+
+
+def _rle_problem(rle: dict, width: int, height: int) -> str | None:
+    """Why an RLE segmentation does not cover a `width`×`height` image exactly, or None."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if size != [height, width] or list(map(type, size)) != [int, int]:
+        return f"RLE size {size!r} differs from the image's [height, width] [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        if sum(counts) != width * height:
+            return f"uncompressed RLE counts sum to {sum(counts)}, not {height}*{width}"
+        return runs_problem(counts)
+    if isinstance(counts, str):
+        return counts_problem(counts, height, width)
+    return "RLE counts must be a string (compressed) or a list (uncompressed)"
 
 
 def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
@@ -144,16 +172,9 @@ def geometry_problem(annotation: dict, width: int, height: int) -> str | None:
                     f"y {y_min:g}..{y_max:g}: outside the {width}x{height} image"
                 )
     elif isinstance(segmentation, dict):
-        size, counts = segmentation.get("size"), segmentation.get("counts")
-        if size != [height, width]:
-            return f"RLE size {size} differs from the image's [height, width] [{height}, {width}]"
-        if isinstance(counts, list):
-            if not all(isinstance(c, int) and c >= 0 for c in counts):
-                return "uncompressed RLE counts must be non-negative integers"
-            if sum(counts) != width * height:
-                return f"uncompressed RLE counts sum to {sum(counts)}, not {width}*{height}"
-        elif not isinstance(counts, str):
-            return "RLE counts must be a string (compressed) or a list (uncompressed)"
+        problem = _rle_problem(segmentation, width, height)
+        if problem:
+            return problem
     elif segmentation is not None:
         return (
             f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}"
@@ -189,7 +210,7 @@ def _image_entry_problem(image: Any) -> str | None:
         return "width and height must be positive integers"
     if not isinstance(image["id"], int):
         return "id must be an integer"
-    return None
+    return file_name_problem(image["file_name"])
 
 
 def _check_image_entries(raw: RawDataset, problems: ProblemLog) -> list[int]:
@@ -214,12 +235,38 @@ def _check_image_entries(raw: RawDataset, problems: ProblemLog) -> list[int]:
                 "attributed to one image; give every image its own id",
                 also_skipped=f"all {len(indices)} images with id {image_id} are left out",
             )
-    return [i for i in well_formed if len(by_id[images[i]["id"]]) == 1]
+    unique = [i for i in well_formed if len(by_id[images[i]["id"]]) == 1]
+    return _refuse_shared_stems(raw, unique, problems)
 
 
-def _image_file_problem(file: Path, width: int, height: int, decode: bool) -> str | None:
+def _refuse_shared_stems(raw: RawDataset, indices: list[int], problems: ProblemLog) -> list[int]:
+    """`indices` less the images whose `file_name` shares its stem with another's: the outputs
+    named after them (a coded PNG and bitstream, a YOLO label file) would be one file."""
+    images = raw.coco["images"]
+    by_stem: dict[str, list[int]] = {}
+    for i in indices:
+        by_stem.setdefault(stem(images[i]["file_name"]), []).append(i)
+    for name, group in by_stem.items():
+        if len(group) == 1:
+            continue
+        files = ", ".join(repr(images[i]["file_name"]) for i in group)
+        for i in group:
+            problems.report(
+                *raw.image_origin(i),
+                f"{len(group)} images ({files}) share the stem {name!r}: outputs named after "
+                f"them (coded {name}.png and its bitstream, YOLO label {name}.txt) would be one "
+                "file; rename all but one",
+                also_skipped=f"all {len(group)} images with the stem are left out",
+            )
+    return [i for i in indices if len(by_stem[stem(images[i]["file_name"])]) == 1]
+
+
+def _image_file_problem(
+    file: Path, width: int, height: int, decode: bool
+) -> tuple[str | None, str]:
+    """Why the image file does not fit its entry (or None), and a note on its EXIF orientation."""
     if not file.is_file():
-        return f"image file not found: {file}"
+        return f"image file not found: {file}", ""
     try:
         header = read_header(file)
         if decode:
@@ -228,16 +275,17 @@ def _image_file_problem(file: Path, width: int, height: int, decode: bool) -> st
         else:
             actual = (header.width, header.height)
     except Exception as err:  # PIL raises many types for corrupt files
-        return undecodable(file, err)
+        return undecodable(file, err), ""
+    note = header.orientation_note()
     if actual != (width, height):
         problem = f"image {file} is {actual[0]}x{actual[1]} but the JSON says {width}x{height}"
         if header.orientation in SWAPS_SIDES and actual == (height, width):
             problem += (
-                f"; {header.orientation_note()}: width, height and annotations must refer to "
+                f"; {note}: width, height and annotations must refer to "
                 "the stored pixels (or rotate the file's pixels and remove the tag)"
             )
-        return problem
-    return None
+        return problem, note
+    return None, note
 
 
 def _check_image_files(
@@ -250,7 +298,7 @@ def _check_image_files(
 ) -> list[int]:
     images = raw.coco["images"]
 
-    def check(i: int) -> str | None:
+    def check(i: int) -> tuple[str | None, str]:
         image = images[i]
         return _image_file_problem(
             image_root / image["file_name"], image["width"], image["height"], decode
@@ -261,12 +309,43 @@ def _check_image_files(
             tqdm(pool.map(check, indices), total=len(indices), desc="check images", unit="img")
         )
     kept = []
-    for i, problem in zip(indices, results, strict=True):
+    for i, (problem, note) in zip(indices, results, strict=True):
         if problem:
             problems.report(*raw.image_origin(i), problem)
-        else:
-            kept.append(i)
+            continue
+        if note:
+            problems.note(
+                *raw.image_origin(i),
+                f"{note}: its annotations must refer to the stored pixels, as its size does",
+            )
+        kept.append(i)
     return kept
+
+
+def _check_categories(raw: RawDataset) -> None:
+    """Every category needs an integer id of its own and a name. Never skipped: every
+    annotation's class, and the class names of coded datasets and task models, depend on them."""
+    seen: dict[int, str] = {}
+    for i, category in enumerate(raw.coco["categories"]):
+        entry = _entry("categories", i, category, "name")
+        if not isinstance(category, dict) or type(category.get("id")) is not int:
+            raise InputError(raw.source, entry, "a category needs an integer id")
+        name = category.get("name")
+        if not isinstance(name, str) or not name:
+            raise InputError(
+                raw.source,
+                entry,
+                "a category needs a name (a non-empty string): coded datasets and task models "
+                "name their classes by it",
+            )
+        if category["id"] in seen:
+            raise InputError(
+                raw.source,
+                entry,
+                f"duplicate category id {category['id']} (also {seen[category['id']]}): its "
+                "annotations could be either class; give every category its own id",
+            )
+        seen[category["id"]] = entry
 
 
 def _annotation_problem(ann: dict, image: dict, categories: set, raw: RawDataset) -> str | None:
@@ -275,12 +354,65 @@ def _annotation_problem(ann: dict, image: dict, categories: set, raw: RawDataset
             f"unknown category_id {ann['category_id']} ({raw.categories_from}: "
             f"{_describe_ids(categories)}); correct it or add the category"
         )
+    iscrowd = ann.get("iscrowd", 0)
+    if not (isinstance(iscrowd, int) and iscrowd in (0, 1)):
+        return f"iscrowd must be 0 or 1, got {iscrowd!r}"
     problem = geometry_problem(ann, image["width"], image["height"])
     if problem:
         return problem
-    if rle_area_and_bbox(annotation_rle(ann, image["height"], image["width"]))[0] == 0:
+    pixels, extent = rle_area_and_bbox(annotation_rle(ann, image["height"], image["width"]))
+    if pixels == 0:
         return "the instance covers no pixel (zero area): fix its geometry or remove it"
-    return None
+    return _bbox_problem(ann, extent) or _area_problem(ann, pixels, extent)
+
+
+def _bbox_problem(ann: dict, pixel_extent: list[float]) -> str | None:
+    """Whether a given bbox disagrees with the segmentation beside it: it must be, within
+    `EDGE_TOLERANCE`, the extent of its pixels (as pycocotools computes boxes, and COCO's crowd
+    boxes are, to 1 px) or of its polygons (COCO's boxes of polygons, wider than their pixels
+    where a part is thinner than a pixel)."""
+    segmentation, bbox = ann.get("segmentation"), ann.get("bbox")
+    if not segmentation or bbox is None:
+        return None  # a box-only annotation: the box is its geometry
+    extents = {"pixels": pixel_extent}
+    if isinstance(segmentation, list):
+        xs = [v for polygon in segmentation for v in polygon[0::2]]
+        ys = [v for polygon in segmentation for v in polygon[1::2]]
+        extents["polygons"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    x, y, w, h = bbox
+    if any(
+        max(abs(x - ex), abs(y - ey), abs(x + w - ex - ew), abs(y + h - ey - eh)) <= EDGE_TOLERANCE
+        for ex, ey, ew, eh in extents.values()
+    ):
+        return None
+    shown = " or ".join(f"its {k}' {[round(v, 2) for v in e]}" for k, e in extents.items())
+    return (
+        f"bbox {bbox} disagrees with its segmentation's extent ({shown}) by more than "
+        f"{EDGE_TOLERANCE:g} px: correct it, or remove bbox and area to have prepare compute "
+        "them from the segmentation"
+    )
+
+
+def _area_problem(ann: dict, pixels: int, extent: list[float]) -> str | None:
+    """Whether a given area is far from the pixels its geometry covers.
+
+    COCO's areas are not pixel counts (a polygon's is its exact area, a crowd region's up to
+    1.8× its pixels), so an area passes within a factor of 2 of the pixel count, widened by the
+    box's half-perimeter (the pixels along the outline); a wrong one would move the object
+    between COCOeval's small, medium and large ranges.
+    """
+    area = ann.get("area")
+    if area is None:
+        return None
+    if _numbers([area]) is None or area < 0:
+        return f"area must be a non-negative number, got {area!r}"
+    slack = extent[2] + extent[3]
+    if pixels / 2 - slack <= area <= 2 * pixels + slack:
+        return None
+    return (
+        f"area {area:g} disagrees with the {pixels} pixels its geometry covers (more than a "
+        "factor of 2 apart): correct it, or remove it to have prepare compute it"
+    )
 
 
 def _check_annotations(
@@ -360,6 +492,7 @@ def normalise(
     skip. A skipped image takes its annotations with it.
     """
     coco = raw.coco
+    _check_categories(raw)
     listed = _check_image_entries(raw, problems)
     valid = _check_image_files(raw, listed, Path(image_root), problems, decode_images, workers)
     by_id = {coco["images"][i]["id"]: coco["images"][i] for i in valid}

@@ -7,6 +7,9 @@ applied, because COCO's `width`/`height` and annotation coordinates refer to the
 `read_rgb`, so annotations, masks and pixels always agree on the stored pixel grid. Readers whose
 annotations do not record the image size (YOLO's normalised labels, VisDrone's boxes) refuse
 images carrying an orientation tag: their labels may have been drawn on the rotated view.
+Ultralytics applies the tag when it reads a file, so no image folder icmflow hands it carries
+one (coded datasets hold tag-free PNGs; the training layout rewrites a tagged image), and
+prepare's `report.json` notes every image that has one.
 
 Colour: every mode becomes 8-bit RGB the same way for every stage (see `to_rgb8`).
 """

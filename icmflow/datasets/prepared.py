@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from icmflow.core.errors import MissingInputError
+from icmflow.core.errors import InputError, MissingInputError
 from icmflow.core.files import write_json
 from icmflow.core.storage import is_url, location
 from icmflow.datasets.coco import annotations_by_image, load_json
@@ -43,7 +43,12 @@ class PreparedDataset:
         path = Path(path)
         if not path.is_file():
             raise MissingInputError(f"{path}: prepared dataset not found; run `icmflow prepare`")
-        return cls(path, load_json(path))
+        data = load_json(path)
+        if not data.get("images"):
+            raise InputError(
+                path, "", "no images: every stage would average over nothing; prepare it again"
+            )
+        return cls(path, data)
 
     @property
     def images(self) -> list[dict]:

@@ -33,6 +33,12 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
     return {"size": list(mask.shape), "counts": counts}
 
 
+CODE_FIRST = 48
+"""pycocotools codes 6 bits per character, from '0' (48) to 'o' (111)."""
+MAX_RUN_CHARS = 7
+"""Characters of the longest run pycocotools writes: 32 bits and the sign, 5 bits each."""
+
+
 def _rle_counts(counts: bytes | str) -> np.ndarray:
     """The run lengths of a compressed RLE string, vectorised as pycocotools' `rleFrString`.
 
@@ -54,6 +60,43 @@ def _rle_counts(counts: bytes | str) -> np.ndarray:
     runs[1::2] = np.cumsum(runs[1::2])  # run 3 adds run 1, run 5 adds run 3, ...
     runs[2::2] = np.cumsum(runs[2::2])
     return runs
+
+
+def counts_problem(counts: str, height: int, width: int) -> str | None:
+    """Why a compressed RLE string does not cover a `height`×`width` image, or None.
+
+    pycocotools trusts the counts: run lengths that do not add up to height × width (or a
+    negative one, which its C code takes as a huge unsigned run) make `merge` loop forever.
+    """
+    if not counts.isascii():
+        return "compressed RLE counts must be ASCII ('0'..'o', pycocotools' 6-bit code)"
+    chars = np.frombuffer(counts.encode("ascii"), dtype=np.uint8)
+    if ((chars < CODE_FIRST) | (chars >= CODE_FIRST + 64)).any():
+        return "compressed RLE counts hold characters outside '0'..'o' (pycocotools' 6-bit code)"
+    ends = np.flatnonzero(((chars - CODE_FIRST) & 0x20) == 0)
+    if len(ends) and (np.diff(ends, prepend=-1) > MAX_RUN_CHARS).any():
+        return f"compressed RLE counts code a run in more than {MAX_RUN_CHARS} characters"
+    if len(chars) and (len(ends) == 0 or ends[-1] != len(chars) - 1):
+        return "compressed RLE counts end inside a run: the string is truncated"
+    runs = _rle_counts(counts)
+    if (runs < 0).any():
+        return "compressed RLE counts decode to a negative run length: the string is corrupt"
+    if runs.sum() != height * width:
+        return (
+            f"compressed RLE run lengths add up to {runs.sum()} pixels, not {height}*{width}: "
+            "the counts belong to another size or are corrupt"
+        )
+    return runs_problem(runs.tolist())
+
+
+def runs_problem(runs: list[int]) -> str | None:
+    """Why run lengths that cover their image still cannot go to pycocotools, or None."""
+    if 0 in runs[1:]:
+        return (
+            "RLE counts hold an empty run after the first (pycocotools never writes one, and "
+            "its merge gives garbage on them): join the runs on either side"
+        )
+    return None
 
 
 def decode(rle: dict) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from icmflow.core.errors import ProblemLog
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.core.files import atomic_directory, write_json
 from icmflow.datasets.coco import normalise
 from icmflow.datasets.formats import FORMATS
@@ -33,6 +33,14 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
                 decode_images=params.prepare.decode_images,
                 workers=params.prepare.workers,
             )
+            if not prepared["images"]:
+                raise InputError(
+                    raw.source,
+                    "",
+                    f"split {split!r} of dataset {dataset!r} has no images"
+                    + (" left after the skips logged above" if problems.skipped else "")
+                    + ": every later stage would average over nothing; check its paths",
+                )
             write_prepared(out / f"{split}.json", prepared, image_root=images, final_dir=final)
             counts[split] = {
                 "images": len(prepared["images"]),
@@ -48,6 +56,7 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
                 "options": {k: str(v) for k, v in options.items()},
                 "splits": counts,
                 "skipped": problems.as_records(),
+                "notes": problems.note_records(),
             },
         )
         write_provenance(
@@ -57,3 +66,5 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
         )
     if problems.skipped:
         log.warning("%d entries skipped; see %s", len(problems.skipped), final / "report.json")
+    if problems.notes:
+        log.info("%d notes on entries; see %s", len(problems.notes), final / "report.json")

@@ -20,6 +20,7 @@ from PIL import Image
 from icmflow.core.errors import InputError, MissingInputError
 from icmflow.core.files import write_bytes, write_json
 from icmflow.datasets.coco import load_json
+from icmflow.datasets.file_names import output_stem
 from icmflow.tasks.classes import ClassMapping
 from icmflow.vision.tasks.base import Detections, TaskKind
 
@@ -78,8 +79,9 @@ def read_results(path: Path) -> list[dict]:
 
 
 def label_png_path(out_dir: Path, file_name: str) -> Path:
-    """Where the label PNG of the image `file_name` lies under `out_dir`."""
-    return Path(out_dir) / Path(file_name).with_suffix(".png")
+    """Where the label PNG of the image `file_name` lies under `out_dir` (a name that would
+    leave it is refused: `file_names.output_stem`)."""
+    return Path(out_dir) / f"{output_stem(file_name, out_dir)}.png"
 
 
 def write_label_pngs(

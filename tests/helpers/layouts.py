@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 
-from icmflow.core.errors import ProblemLog
+from icmflow.core.errors import InputError, ProblemLog
 from icmflow.datasets.coco import normalise
 from icmflow.datasets.formats import FORMATS as READERS
 from icmflow.datasets.formats.cityscapes import IMAGE_SUFFIX, INSTANCE_SUFFIX, write_cityscapes
 from icmflow.datasets.formats.visdrone import write_visdrone
 from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo
 from icmflow.datasets.images import write_png
+from icmflow.pipeline.params import Params
+from tests.helpers.project import REPO
 
 FORMATS = ("coco", "visdrone", "yolo", "cityscapes")
 CATEGORY = {"coco": 1, "visdrone": 4, "yolo": 0, "cityscapes": 26}
@@ -76,6 +82,21 @@ class Tiny:
         problems = ProblemLog(on_error)
         raw = READERS[self.format].read(self.annotations, self.images, problems, **self.options)
         return normalise(raw, self.images, problems, workers=1), problems
+
+    def copy(self, root: Path) -> Tiny:
+        """The same dataset, copied to `root`."""
+        shutil.copytree(self.root, root)
+        options = {"dataset_yaml": root / "data.yaml"} if self.format == "yolo" else {}
+        return replace(self, root=root, options=options)
+
+    def params_entry(self) -> dict:
+        """Its entry under `datasets` in params.yaml (one split, `val`)."""
+        split = {
+            "annotations": self.annotations.relative_to(self.root).as_posix(),
+            "images": self.images.relative_to(self.root).as_posix(),
+        }
+        options = {"dataset_yaml": "data.yaml"} if self.format == "yolo" else {}
+        return {"format": self.format, "root": str(self.root), "splits": {"val": split}, **options}
 
     def edit_json(self, change) -> None:
         coco = json.loads(self.annotations.read_text())
@@ -139,3 +160,43 @@ def write_photos(root: Path, files: dict[str, tuple[int, int]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(textured_image(height, width, seed=k))
         image.convert("L" if "gray" in name else "RGB").save(path)
+
+
+@cache
+def _project_params() -> str:
+    return json.dumps(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def tiny_params(tiny: Tiny, **prepare: object) -> Params:
+    """The project's params.yaml with `tiny` as dataset `tiny` and `prepare` settings."""
+    raw = json.loads(_project_params())
+    raw["datasets"]["tiny"] = tiny.params_entry()
+    raw["prepare"].update(workers=1, **prepare)
+    return Params.model_validate(raw)
+
+
+def layouts(*formats: str):
+    """Parametrise fixture `tiny` over `formats`."""
+    return pytest.mark.parametrize("tiny", formats, indirect=True)
+
+
+def name(tiny: Tiny, index: int) -> str:
+    """Image `index`'s file_name."""
+    return tiny.image(index).relative_to(tiny.images).as_posix()
+
+
+def assert_refused(tiny: Tiny, file, entry: str, text: str, lost: set[int]) -> None:
+    """`raise` names file, entry and problem; `skip` logs the same and leaves out images `lost`."""
+    with pytest.raises(InputError) as err:
+        tiny.prepare("raise")
+    assert (err.value.file, err.value.entry) == (str(file), entry), str(err.value)
+    assert text in err.value.reason
+    prepared, problems = tiny.prepare("skip")
+    assert any(
+        (s.file, s.entry) == (str(file), entry) and text in s.reason for s in problems.skipped
+    ), problems.skipped
+    kept = {im["file_name"] for im in prepared["images"]}
+    assert kept == {name(tiny, i) for i in range(len(SIZES)) if i not in lost}
+    kept_ids = {im["id"] for im in prepared["images"]}
+    assert all(a["image_id"] in kept_ids for a in prepared["annotations"])
+    assert len(prepared["annotations"]) == 2 * len(kept)  # the kept images lose nothing

@@ -7,7 +7,7 @@ training codecs on objectives without object masks (`mse`), encoding and RD eval
 MS-SSIM, bpp). What needs annotations (object masks, the `object` objective, object PSNR, task
 models) refuses it with a params error. Pixels are read as stored (no EXIF rotation), as
 everywhere. Two files that differ only in suffix (`a.jpg`, `a.png`) would be coded to the same
-`a.png` and are reported.
+`a.png`: prepare refuses them as it does in every format (`icmflow.datasets.coco`).
 """
 
 from __future__ import annotations
@@ -38,23 +38,7 @@ def read_images(annotations: Path | None, images: Path, problems: ProblemLog) ->
             f"no image files here or in its subfolders ({', '.join(sorted(IMAGE_SUFFIXES))}); "
             "check the dataset's root and splits in params.yaml",
         )
-    by_stem: dict[Path, list[Path]] = {}
-    for image in files:
-        by_stem.setdefault(image.with_suffix(""), []).append(image)
-    unique = []
-    for group in by_stem.values():
-        if len(group) == 1:
-            unique.append(group[0])
-            continue
-        for image in group:
-            problems.report(
-                str(images / image),
-                "",
-                f"{len(group)} images ({', '.join(map(str, group))}) differ only in suffix: "
-                f"coded, each would become {group[0].with_suffix('.png')}; rename one",
-                also_skipped="left out",
-            )
-    headers = read_headers(images, sorted(unique), problems, refuse_orientation=False)
+    headers = read_headers(images, files, problems, refuse_orientation=False)
     builder = RawBuilder()
     for image in sorted(headers):
         builder.add(image, headers[image], (str(images / image), ""), [])

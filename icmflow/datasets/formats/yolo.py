@@ -27,6 +27,7 @@ from tqdm import tqdm
 from icmflow.core.errors import InputError, ProblemLog
 from icmflow.core.files import write_text
 from icmflow.datasets.coco import RawDataset
+from icmflow.datasets.file_names import label_file, stem
 from icmflow.datasets.formats.base import FORMATS, DatasetFormat, FormatOptions
 from icmflow.datasets.images import write_png
 from icmflow.datasets.layouts import RawBuilder, pair_with_labels, read_headers, read_rows
@@ -35,16 +36,31 @@ DECIMALS = 6
 """Digits written after the point by `write_yolo`, as ultralytics writes them."""
 
 
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it: Python's takes minutes on a deeply nested file
+(libyaml refuses it at once)."""
+
+
 def read_names(path: Path) -> dict[int, str]:
     """Class index -> name from an ultralytics dataset YAML."""
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=YAML_LOADER)
     except FileNotFoundError:
         raise InputError(
             path, "", "dataset YAML not found; check `dataset_yaml` in params.yaml"
         ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(path, "", f"not valid YAML ({err}); fix or export it again") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"byte {err.start}", "not UTF-8 text: is it a YAML file?") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
+        raise InputError(
+            path,
+            f"line {mark.line + 1} column {mark.column + 1}" if mark else "",
+            f"not valid YAML ({problem}); fix or export it again",
+        ) from None
+    except RecursionError:
+        raise InputError(path, "", "YAML nested too deeply to read: not a dataset YAML") from None
     names = config.get("names") if isinstance(config, dict) else None
     if isinstance(names, list):
         names = dict(enumerate(names))
@@ -174,23 +190,28 @@ def image_rows(annotations: list[dict], width: int, height: int, classes: dict[i
 
 
 def write_yolo_labels(out: Path, split: str, coco: dict) -> None:
-    """`out/labels/<split>/<stem>.txt` for every image of a COCO dict (`yolo_classes` indices,
-    `image_rows`)."""
+    """The label file of every image `out/images/<split>/<file_name>` of a COCO dict, where
+    ultralytics looks for it (`file_names.label_file`: `out/labels/<split>/<stem>.txt`, folders
+    kept), with `yolo_classes` indices (`image_rows`)."""
     classes = yolo_classes(coco["categories"])
     annotations: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
     for ann in coco["annotations"]:
         annotations[ann["image_id"]].append(ann)
     for image in coco["images"]:
         rows = image_rows(annotations[image["id"]], image["width"], image["height"], classes)
-        write_text(out / "labels" / split / f"{Path(image['file_name']).stem}.txt", rows)
+        write_text(out / label_file(f"/images/{split}/{image['file_name']}").lstrip("/"), rows)
 
 
 def write_yolo(out: Path, split: str, coco: dict, pixels: list[np.ndarray]) -> None:
-    """`out/images/<split>/<stem>.png` and their labels (`write_yolo_labels`) from a COCO dict."""
-    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    """`out/images/<split>/<stem>.png` (folders kept) and their labels (`write_yolo_labels`)
+    from a COCO dict."""
+    coco = {
+        **coco,
+        "images": [{**im, "file_name": f"{stem(im['file_name'])}.png"} for im in coco["images"]],
+    }
     pairs = list(zip(coco["images"], pixels, strict=True))
     for image, rgb in tqdm(pairs, desc=f"write yolo {split}", unit="img"):
-        write_png(out / "images" / split / f"{Path(image['file_name']).stem}.png", rgb)
+        write_png(out / "images" / split / image["file_name"], rgb)
     write_yolo_labels(out, split, coco)
 
 

@@ -11,7 +11,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from icmflow.datasets.formats import FORMATS
 from icmflow.datasets.formats.base import FormatOptions
-from icmflow.pipeline.params.sections import Section
+from icmflow.pipeline.params.sections import Name, Section
 
 
 class SplitParams(Section):
@@ -26,7 +26,9 @@ class SplitParams(Section):
 
 class DatasetBase(Section):
     root: str = Field(description="folder holding the dataset; DVC tracks it as a dependency")
-    splits: dict[str, SplitParams]
+    splits: dict[Name, SplitParams] = Field(
+        min_length=1, description="split name -> its files; names become file names"
+    )
 
     @model_validator(mode="after")
     def _annotations_as_the_format_has_them(self) -> DatasetBase:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field, StringConstraints
+from pydantic import Field
 
 from icmflow.core.errors import IcmflowError
 from icmflow.pipeline.params.codecs import (
@@ -19,11 +17,11 @@ from icmflow.pipeline.params.codecs import (
 )
 from icmflow.pipeline.params.datasets import DatasetParams
 from icmflow.pipeline.params.sections import (
-    NAME_PATTERN,
     BitMapsParams,
     EdgesParams,
     EncodeParams,
     MasksParams,
+    Name,
     PrepareParams,
     ReportParams,
     SamParams,
@@ -33,8 +31,6 @@ from icmflow.pipeline.params.sections import (
     TrainParams,
 )
 from icmflow.pipeline.params.tasks import TaskEntry
-
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class ParamsError(IcmflowError):

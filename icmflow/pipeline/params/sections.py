@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    field_validator,
+)
 
 from icmflow.core.storage import check_url, is_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
-"""Names of datasets and codecs: DVC stage keys and params paths, which split on dots."""
+"""Names of datasets, splits and codecs: DVC stage keys, params paths (which split on dots) and
+file names (no separator, no `..`)."""
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class Section(BaseModel):

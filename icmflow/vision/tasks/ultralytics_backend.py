@@ -4,8 +4,10 @@
 (e.g. a full-integer `.tflite`). Predictions use `val`'s defaults (conf 0.001, iou 0.7) but
 max_det 100, the detections per image COCOeval counts (ultralytics' `val` keeps 300); override
 with options `conf`, `iou`, `max_det`. Training runs ultralytics' own trainer on a
-YOLO layout written to a temporary folder from the prepared COCO JSON: images are linked, never
-copied, and ultralytics' label caches land there, not in the dataset. Class index = the
+YOLO layout written to a temporary folder from the prepared COCO JSON: images are linked (one
+with an EXIF orientation tag, which ultralytics would apply, is written as a PNG of its stored
+pixels, the ones its labels refer to), and ultralytics' label caches land there, not in the
+dataset. Class index = the
 category's position among the sorted category ids (`yolo_classes`: for a YOLO dataset, its own
 index). Ultralytics drops label files that mix box and polygon rows as corrupt, so detection
 labels are all boxes and segmentation labels all polygons (RLE regions traced, several parts
@@ -26,6 +28,7 @@ from pycocotools import mask as mask_utils
 
 from icmflow.core.errors import CheckpointError
 from icmflow.core.files import write_text
+from icmflow.datasets.file_names import output_stem
 from icmflow.datasets.formats.yolo import (
     box_row,
     label_row,
@@ -33,6 +36,7 @@ from icmflow.datasets.formats.yolo import (
     yolo_classes,
     yolo_names,
 )
+from icmflow.datasets.images import read_header, read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.datasets.rle import annotation_rle, decode
 from icmflow.vision.tasks.base import (
@@ -177,14 +181,24 @@ def _label_row(ann: dict, cls: int, width: int, height: int, segments: bool) -> 
 def _write_split(
     dataset: PreparedDataset, classes: dict[int, int], root: Path, split: str, segments: bool
 ) -> Path:
-    """`root/images/<split>` (links to the dataset's images) and `root/labels/<split>`."""
+    """`root/images/<split>` (links to the dataset's images) and `root/labels/<split>`.
+
+    Ultralytics applies an image's EXIF orientation tag, icmflow's labels refer to the stored
+    pixels (`datasets.images`): an image with a tag gets a PNG of its stored pixels instead of a
+    link, so that labels and pixels agree.
+    """
     from ultralytics.data.utils import img2label_paths
 
     images = root / "images" / split
     for image in dataset.images:
-        link = images / image["file_name"]
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(dataset.image_path(image))
+        source, name = dataset.image_path(image), output_stem(image["file_name"], dataset.path)
+        if read_header(source).orientation == 1:
+            link = images / image["file_name"]
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source)
+        else:
+            link = images / f"{name}.png"  # no other image has the stem (prepare)
+            write_png(link, read_rgb(source))
         (label,) = img2label_paths([link])  # where ultralytics looks
         rows = [
             _label_row(ann, classes[ann["category_id"]], image["width"], image["height"], segments)
