@@ -230,3 +230,16 @@ def test_task_backends_and_kinds_are_checked_with_the_registry(tmp_path, default
     assert "tasks.yolo-shapes.backend: unknown task backend 'detectron2'" in message
     assert "torchvision" in message and "ultralytics" in message
     assert "tasks.other.kind: backend ultralytics has no semantic_segmentation models" in message
+
+
+def test_edges_alpha_is_sa_icms_confidence_and_the_old_key_says_so(tmp_path, defaults):
+    params = load_params(REPO / "params.yaml")
+    assert params.edges.method == "canny" and params.edges.alpha == 0.88
+    defaults["edges"].pop("alpha")
+    defaults["edges"]["pred_iou_thresh"] = 0.9
+    with pytest.raises(ParamsError, match="pred_iou_thresh is now alpha"):
+        load_params(write(tmp_path, defaults))
+    defaults["edges"].pop("pred_iou_thresh")
+    defaults["edges"]["method"] = "sobel"
+    with pytest.raises(ParamsError, match=r"edges\.method"):
+        load_params(write(tmp_path, defaults))

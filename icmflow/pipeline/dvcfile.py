@@ -186,8 +186,9 @@ class _Builder:
         }
         if p.edges.datasets:
             edge_keys = (
+                "method",
+                "alpha",
                 "points_per_side",
-                "pred_iou_thresh",
                 "stability_score_thresh",
                 "box_nms_thresh",
                 "min_region_area",
