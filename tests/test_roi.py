@@ -14,7 +14,7 @@ from icmflow.coding.bitstream import pack, unpack
 from icmflow.coding.coded_dataset import coded_split, encode_dataset
 from icmflow.coding.learned import LearnedCodec
 from icmflow.coding.roi import RoiCodec, RoiCodecSpec, latent_roi, pack_roi, unpack_roi
-from icmflow.core.errors import BitstreamError
+from icmflow.core.errors import BitstreamError, MissingInputError
 from icmflow.core.resume import file_digest
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
@@ -125,3 +125,11 @@ def test_coded_dataset_takes_each_images_roi_from_its_object_mask(
     assert with_objects >= 2  # ROIs that are not empty
     bits = 8 * sum(p.stat().st_size for p in (out / "bitstreams" / "val").iterdir())
     assert summary["total_bits"] == bits
+
+
+def test_a_mask_store_of_other_images_is_named(model, sample_prepared, sample_masks, tmp_path):
+    checkpoint = save_codec(model, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
+    train_masks = (("val", str(sample_masks["train"])),)  # the train split's masks for val
+    spec = RoiCodecSpec(str(checkpoint), file_digest(checkpoint), 1.4, train_masks, "x")
+    with pytest.raises(MissingInputError, match=r"no mask for image id .*run `icmflow masks`"):
+        encode_dataset(spec, {"val": sample_prepared["val"]}, tmp_path / "coded")

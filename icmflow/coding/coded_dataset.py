@@ -35,11 +35,13 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 from distributed import Client, as_completed
 from tqdm import tqdm
 
 from icmflow.coding.image_codec import CodecSpec, RegionCodecSpec
 from icmflow.core.completion import COMPLETE, completed, mark_complete, require_complete
+from icmflow.core.errors import MissingInputError
 from icmflow.core.files import remove, write_bytes, write_csv, write_json, write_text
 from icmflow.core.resume import fingerprint
 from icmflow.core.storage import location
@@ -93,10 +95,20 @@ def _encode_images(
         if regions is None:
             coded = codec.encode(rgb)
         else:
-            coded = codec.encode_region(rgb, regions.mask(image_id))
+            coded = codec.encode_region(rgb, _region(regions, image_id))
         write_png(decoded, coded.decoded, compress_level=DECODED_PNG_LEVEL)
         write_bytes(bitstream, coded.data)  # last: its presence marks the image done
     return len(images)
+
+
+def _region(store: MaskStore, image_id: int) -> np.ndarray:
+    """Image `image_id`'s ROI: its mask in `store`, which must hold it."""
+    try:
+        return store.mask(image_id)
+    except KeyError as err:
+        raise MissingInputError(
+            f"{err.args[0]}: the mask store is not of this dataset; run `icmflow masks` again"
+        ) from None
 
 
 def _begin(out: Path, digest: str) -> None:

@@ -207,7 +207,7 @@ def segmentation_map(
     number (1, 2, ... in the order given) of the smallest mask covering it, a tie going to the
     later mask, and 0 where no mask does."""
     labels = torch.zeros(shape, dtype=torch.int32, device=device)
-    smallest = torch.full(shape, torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+    smallest = torch.full(shape, torch.iinfo(torch.int32).max, dtype=torch.int32, device=device)
     label = 0
     for masks in chunks:
         for mask, area in zip(masks, masks.sum(dim=(1, 2)), strict=True):
