@@ -92,6 +92,8 @@ def test_a_damaged_or_foreign_roi_map_is_an_error_not_an_image(model):
         data = pack(replace(stream, strings=(damaged, *stream.strings[1:])))
         with pytest.raises(BitstreamError, match=message):
             codec.decode(data, source="x.bin")
+    with pytest.raises(BitstreamError, match="decoded pixels differ"):  # QF is the codec's
+        RoiCodec(LearnedCodec(model), qf=2.0).decode(coded.data)
     with pytest.raises(ValueError, match="QF must be at least 1"):
         RoiCodec(LearnedCodec(model), qf=0.5)
 

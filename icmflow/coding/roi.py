@@ -108,7 +108,8 @@ class _MultipliedSynthesis(nn.Module):
 
 class RoiCodec:
     """A trained learned codec coding each image with its region of interest (`encode_region`);
-    the bitstream carries the ROI, so `decode` needs nothing else."""
+    the bitstream carries the ROI, so `decode` needs no mask (QF is the codec's, like its
+    checkpoint: decoding with another fails the pixel check)."""
 
     suffix = ".bin"
 
