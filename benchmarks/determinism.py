@@ -40,7 +40,7 @@ def decode_folder(threads: int, checkpoint: Path, folder: Path, setting: str) ->
     torch.set_num_threads(threads)
     codec = learned.LearnedCodec(load_codec(checkpoint))
     for stream in sorted(folder.glob("*.bin")):
-        rgb, indexes = codec._decode(unpack(stream.read_bytes()))
+        rgb, indexes = codec.decode_stream(unpack(stream.read_bytes()))
         np.save(stream.with_suffix(f".{threads}.npy"), rgb)
         stream.with_suffix(f".{threads}.idx").write_text(str(indexes))
 

@@ -111,6 +111,7 @@ def main() -> None:
 
     generator = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, **thresholds)
     settings = EdgeSettings(
+        method="boundary",  # the baseline's edges are `mask_edges` of its masks
         points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch,
         edge_width=args.edge_width,

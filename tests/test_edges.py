@@ -19,8 +19,10 @@ from icmflow.masks.edges import (
     EdgeSettings,
     automatic_masks,
     build_edge_masks,
+    canny_edges,
     edge_mask,
     mask_edges,
+    segmentation_map,
 )
 from icmflow.masks.store import MaskStore
 from icmflow.runtime.cluster import dask_client
@@ -81,6 +83,54 @@ def test_masks_that_meet_get_both_sides_drawn():
     np.testing.assert_array_equal(union, expected)
 
 
+def test_canny_draws_each_change_of_region_once_on_its_top_left_side():
+    halves = np.zeros((6, 10), dtype=np.int32)
+    halves[:, 5:] = 256  # differs from 0 in the second byte only: 24-bit colours keep it
+    expected = np.zeros(halves.shape, dtype=bool)
+    expected[:, 4] = True  # one pixel wide, before the step, the image border no edge
+    np.testing.assert_array_equal(canny_edges(halves, 1), expected)
+    np.testing.assert_array_equal(canny_edges(halves.T.copy(), 1), expected.T)
+    expected[:, 3] = expected[:, 5] = True  # width 2: dilated to 3 pixels
+    np.testing.assert_array_equal(canny_edges(halves, 2), expected)
+
+    square = np.zeros((10, 12), dtype=np.int32)
+    square[3:7, 4:9] = 70000  # third byte: 70000 = 0x011170
+    edges = canny_edges(square, 1)
+    assert edges[2, 5:8].all() and edges[6, 5:8].all()  # the row above it and its own last row
+    assert edges[4:6, 3].all() and edges[4:6, 8].all()  # the column left of it, its last column
+    padded = np.pad(square, 1, mode="edge")
+    near_change = np.zeros_like(edges)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near_change |= padded[1 + dy : 11 + dy, 1 + dx : 13 + dx] != square
+    assert not (edges & ~near_change).any()  # only beside a change of region
+    for flat in (np.zeros((5, 7), np.int32), np.full((5, 7), 9, np.int32)):
+        assert not canny_edges(flat, 1).any()
+    with pytest.raises(ValueError, match=r"0\.\.16777215"):
+        canny_edges(np.full((3, 3), 2**24, np.int32), 1)
+
+
+def test_segmentation_map_gives_each_pixel_its_smallest_mask():
+    whole = np.ones((6, 8), dtype=bool)
+    left, small = np.zeros_like(whole), np.zeros_like(whole)
+    left[:, :4] = True
+    small[2:4, 2:6] = True  # overlaps left (8 pixels, left has 24)
+    twin = np.zeros_like(whole)
+    twin[0, 4:6] = twin[1, 4:6] = True  # 4 pixels, as large as...
+    other = np.zeros_like(whole)
+    other[0:2, 5:7] = True  # ...this one: the later mask takes their shared column
+    chunks = [torch.from_numpy(np.stack([small, whole])), torch.from_numpy(np.stack([left]))]
+    chunks.append(torch.from_numpy(np.stack([twin, other])))
+    labels = segmentation_map(chunks, whole.shape)
+    expected = np.full(whole.shape, 2, dtype=np.int32)
+    expected[left] = 3
+    expected[small] = 1
+    expected[twin] = 4
+    expected[other] = 5
+    np.testing.assert_array_equal(labels, expected)
+    assert not segmentation_map([], (3, 4)).any()  # no mask: one region, 0
+
+
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     from tests.helpers.project import real_sample
@@ -105,7 +155,9 @@ def test_same_masks_as_sams_automatic_mask_generator(photo, settings):
             every = every.generate(photo)
             median = float(np.median([r["predicted_iou"] for r in every]))
             settings = {**settings, "pred_iou_thresh": median}
-        options = EdgeSettings(points_per_side=6, points_per_batch=40, **settings)
+        options = EdgeSettings(
+            method="boundary", points_per_side=6, points_per_batch=40, **settings
+        )
         ours = torch.cat(list(automatic_masks(runner, photo, options))).numpy()
         reference = SamAutomaticMaskGenerator(
             runner.model,
@@ -125,10 +177,41 @@ def test_same_masks_as_sams_automatic_mask_generator(photo, settings):
     assert (edges != expected).mean() <= 1e-3
 
 
-def test_no_surviving_mask_gives_an_empty_edge_mask(photo):
-    strict = EdgeSettings(points_per_side=4, pred_iou_thresh=1.0)
+def same_partition(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of pixels whose region in `a` and region in `b` are matched one to one
+    (1.0: the two maps number the same regions differently)."""
+    pairs, counts = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1, return_counts=True)
+    used_a, used_b, agreeing = set(), set(), 0
+    for k in np.argsort(-counts):  # the largest overlaps claim their regions first
+        region_a, region_b = int(pairs[0, k]), int(pairs[1, k])
+        if region_a not in used_a and region_b not in used_b:
+            used_a.add(region_a)
+            used_b.add(region_b)
+            agreeing += int(counts[k])
+    return agreeing / a.size
+
+
+def test_canny_edges_of_the_segmentation_map_of_sams_own_masks(photo):
+    settings = EdgeSettings(method="canny", points_per_side=6, box_nms_thresh=1.0, **NO_FILTERS)
     with sam_session(TINY_SPEC) as runner:
-        assert not edge_mask(runner, photo, strict).any()
+        ours = segmentation_map(automatic_masks(runner, photo, settings), photo.shape[:2])
+        edges = edge_mask(runner, photo, settings)
+        reference = SamAutomaticMaskGenerator(runner.model, 6, box_nms_thresh=1.0, **NO_FILTERS)
+        theirs = np.stack([r["segmentation"] for r in reference.generate(photo)])
+    assert len(np.unique(ours)) > 3  # several regions: a test that can fail
+    theirs = segmentation_map([torch.from_numpy(theirs)], photo.shape[:2])
+    assert same_partition(ours, theirs) >= 0.999  # SAM's masks, numbered in another order
+    assert edges.any()
+    np.testing.assert_array_equal(edges, canny_edges(ours, 1))
+
+
+def test_no_surviving_mask_gives_an_empty_edge_mask(photo):
+    for method in ("canny", "boundary"):
+        strict = EdgeSettings(method=method, points_per_side=4, pred_iou_thresh=1.0)
+        with sam_session(TINY_SPEC) as runner:
+            assert not edge_mask(runner, photo, strict).any()
+    with pytest.raises(ValueError, match="canny, boundary"):
+        EdgeSettings(method="sobel")
 
 
 def test_edge_store_built_on_dask_loads_sam_once_per_worker(sample_prepared, tmp_path):

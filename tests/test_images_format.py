@@ -141,6 +141,10 @@ def test_what_needs_annotations_refuses_an_images_dataset(project):
     edit(project, lambda p: p.update(tasks={"det": task}))
     with pytest.raises(ParamsError, match=r"tasks: task models are scored against annotations"):
         load_params("params.yaml")
+    roi = {"family": "roi", "codec": "mse-1", "qf": 1.4}
+    edit(project, lambda p: (p.pop("tasks"), p["codecs"].update({"roi-1": roi})))
+    with pytest.raises(ParamsError, match=r"codecs\.roi-1: roi codecs code the objects' region"):
+        load_params("params.yaml")
 
 
 @pytest.mark.parametrize(

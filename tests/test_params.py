@@ -258,3 +258,33 @@ def test_the_poly_schedule_leaves_the_default_milestones_aside(tmp_path, default
     defaults["train"]["lr_schedule"] = "poly"
     params = load_params(write(tmp_path, defaults))
     assert params.train.lr_schedule == "poly" and params.train.lr_milestones
+
+
+def test_edges_alpha_is_sa_icms_confidence_and_the_old_key_says_so(tmp_path, defaults):
+    params = load_params(REPO / "params.yaml")
+    assert params.edges.method == "canny" and params.edges.alpha == 0.88
+    defaults["edges"].pop("alpha")
+    defaults["edges"]["pred_iou_thresh"] = 0.9
+    with pytest.raises(ParamsError, match="pred_iou_thresh is now alpha"):
+        load_params(write(tmp_path, defaults))
+    defaults["edges"].pop("pred_iou_thresh")
+    defaults["edges"]["method"] = "sobel"
+    with pytest.raises(ParamsError, match=r"edges\.method"):
+        load_params(write(tmp_path, defaults))
+
+
+def test_roi_entries_wrap_a_learned_codec(tmp_path, defaults):
+    learned = next(n for n, e in defaults["codecs"].items() if e["family"] == "learned")
+    defaults["codecs"]["roi-1"] = {"family": "roi", "codec": learned}
+    params = load_params(write(tmp_path, defaults))
+    entry = params.codec("roi-1")
+    assert entry.qf == 1.4 and entry.series_name == "roi-qf1.4"  # the paper's QF
+    assert "roi-1" not in params.trained_codecs  # it reuses its codec's checkpoint
+    jpeg = next(n for n, e in defaults["codecs"].items() if e["family"] == "jpeg")
+    for codec, found in ((jpeg, "a jpeg codec"), ("nope", "not under codecs")):
+        defaults["codecs"]["roi-1"] = {"family": "roi", "codec": codec}
+        with pytest.raises(ParamsError, match=rf"codecs\.roi-1\.codec: '{codec}' is {found}"):
+            load_params(write(tmp_path, defaults))
+    defaults["codecs"]["roi-1"] = {"family": "roi", "codec": learned, "qf": 0.5}
+    with pytest.raises(ParamsError, match=r"codecs\.roi-1\.qf: Input should be greater"):
+        load_params(write(tmp_path, defaults))

@@ -8,13 +8,16 @@ import json
 import pytest
 import yaml
 
-from tests.helpers.dvc import copy_project, ran_stages, run, status
+from icmflow.coding.bitstream import unpack
+from icmflow.coding.roi import unpack_roi
+from tests.helpers.dvc import copy_project, ran_stages, resolved_stages, run, status
 from tests.helpers.params import learned_entry
 
 pytestmark = pytest.mark.slow
 
 LEARNED = {"mse-1": learned_entry("mse", 0.01), "object-1": learned_entry("object", 0.1)}
 CLASSICAL = {f"jpeg-q{q}": {"family": "jpeg", "quality": q} for q in (10, 40)}
+ROI = {"roi-mse-1": {"family": "roi", "codec": "mse-1", "qf": 1.4}}
 
 
 def edit_params(project, change) -> None:
@@ -33,7 +36,7 @@ def project(tmp_path_factory):
         params["datasets"] = {"sample": params["datasets"]["sample"]}  # the demo runs the others
         params["masks"].update(images_per_shard=2, n_workers=1)
         params["train"].update(steps=2, batch_size=2, patch_size=64)
-        params["codecs"] = {**LEARNED, **CLASSICAL}
+        params["codecs"] = {**LEARNED, **CLASSICAL, **ROI}
         params["tasks"] = {}  # tests/test_task_stages.py runs them
         params["report"]["anchors"] = ["jpeg", "bmshj2018-hyperprior-mse"]
 
@@ -48,7 +51,7 @@ def test_repro_builds_the_report(project):
     for name in ("rd.csv", "rd.md", "bd_rate.json", "psnr_bpp.png", "object_psnr_bpp.png"):
         assert (report / name).is_file(), name
     rows = (report / "rd.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(LEARNED) + len(CLASSICAL)
+    assert len(rows) == 1 + len(LEARNED) + len(CLASSICAL) + len(ROI)
     bd = json.loads((report / "bd_rate.json").read_text())
     assert {b["quality"] for b in bd} == {"psnr", "object_psnr", "ms_ssim"}
     assert {b["anchor"] for b in bd} == {"jpeg", "bmshj2018-hyperprior-mse"}
@@ -63,6 +66,27 @@ def test_repro_builds_the_report(project):
         sorted(p.suffix for p in (project / "data/coded/jpeg-q10/bitstreams/val").iterdir())
         == [".jpg"] * 3
     )
+
+
+def test_the_roi_baseline_codes_with_its_codecs_checkpoint_and_the_object_masks(
+    project, monkeypatch
+):
+    monkeypatch.chdir(project)  # DVC names stages relative to the working directory
+    stages = resolved_stages(project)
+    assert "train@roi-mse-1" not in stages
+    assert {"models/mse-1/checkpoint.pth.tar", "data/masks/sample/object"} <= set(
+        stages["encode@roi-mse-1"][1]
+    )
+    coded = project / "data/coded/roi-mse-1"
+    files = sorted((coded / "bitstreams" / "val").iterdir())
+    assert len(files) == 3
+    for path in files:
+        roi = unpack_roi(unpack(path.read_bytes()).strings[0])  # the ROI map, in the file
+        assert roi.ndim == 2
+    summary = json.loads((coded / "summary.json").read_text())["val"]
+    assert summary["total_bits"] == 8 * sum(f.stat().st_size for f in files)
+    metrics = json.loads((project / "results/metrics/roi-mse-1/metrics.json").read_text())
+    assert metrics["bpp"] == pytest.approx(summary["bpp"])
 
 
 def test_second_repro_runs_nothing(project):

@@ -2,12 +2,14 @@
 
 vit_b's encoder always works at 1024×1024 (about 25 s per image on 2 CPU cores), so the project
 here has one image: `icmflow edges` and `icmflow masks` with `masks.source: sam-boxes` each run
-the encoder once, and an `edge` codec trains on the edge store.
+the encoder once, and an `edge` codec trains on the edge store; `dvc repro` runs edges@ once,
+with SA-ICM's Canny edges.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
 from icmflow.vision.sam.model import SamSpec, build_model
 from tests.helpers.builders import box_union
+from tests.helpers.dvc import copy_project, ran_stages, run, status
 from tests.helpers.params import learned_entry
 from tests.helpers.project import REPO
 
@@ -37,26 +40,34 @@ def vit_b_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch, sample_root, vit_b_checkpoint):
-    """Params with a one-image dataset `one` whose edges and SAM box masks are enabled."""
+def one_image_dataset(root: Path, sample_root: Path) -> tuple[dict, list[dict], dict]:
+    """`root/one/`: the first annotated val image of the sample with its annotations; the image,
+    its annotations and params.yaml (the project's) with dataset `one` and its edges enabled."""
     coco = json.loads((sample_root / "annotations" / "instances_val.json").read_text())
     image = next(im for im in coco["images"] if im["id"] == coco["annotations"][0]["image_id"])
     coco["images"] = [image]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
-    (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "instances.json").write_text(json.dumps(coco))
+    (root / "one" / "images").mkdir(parents=True)
+    (root / "one" / "instances.json").write_text(json.dumps(coco))
+    shutil.copy2(sample_root / "val" / image["file_name"], root / "one" / "images")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"]["one"] = {
         "format": "coco",
-        "root": str(tmp_path / "one"),
-        "splits": {"val": {"annotations": "instances.json", "images": str(sample_root / "val")}},
+        "root": "one",
+        "splits": {"val": {"annotations": "instances.json", "images": "images"}},
     }
     params["masks"].update(n_workers=1, threads_per_worker=2, images_per_shard=1)
-    params["sam"].update(checkpoint=vit_b_checkpoint)
     params["edges"].update(
-        datasets=["one"], points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
+        datasets=["one"], points_per_side=4, alpha=0.0, stability_score_thresh=0.0
     )
+    return image, coco["annotations"], params
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, sample_root, vit_b_checkpoint):
+    """Params with a one-image dataset `one` whose edges and SAM box masks are enabled."""
+    image, annotations, params = one_image_dataset(tmp_path, sample_root)
+    params["sam"].update(checkpoint=vit_b_checkpoint)
     params["train"].update(
         dataset="one",
         split="val",
@@ -70,7 +81,7 @@ def project(tmp_path, monkeypatch, sample_root, vit_b_checkpoint):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["prepare", "one"]).exit_code == 0
-    return tmp_path, image, coco["annotations"]
+    return tmp_path, image, annotations
 
 
 def invoke(*args: str) -> None:
@@ -140,3 +151,21 @@ def test_impossible_device_settings_are_named(project, values, message):
     for stage in ("edges", "masks"):
         result = runner.invoke(app, [stage, "one"])
         assert result.exit_code == 1 and message in result.output
+
+
+def test_dvc_repro_draws_sa_icm_canny_edges_at_alpha(tmp_path, sample_root, vit_b_checkpoint):
+    root = copy_project(tmp_path / "project")
+    image, _, params = one_image_dataset(root, sample_root)
+    params["sam"].update(checkpoint=vit_b_checkpoint)
+    params["edges"].update(method="canny", alpha=0.0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["icmflow", "pipeline"], root)
+    assert "edges@one" in ran_stages(run(["dvc", "repro", "edges@one"], root).stdout)
+    store = MaskStore(Paths(root).mask_store("edge", "one", "val"))
+    assert store.attrs["edges"]["method"] == "canny"
+    assert store.attrs["edges"]["pred_iou_thresh"] == 0.0  # α is SAM's predicted-IoU threshold
+    assert store.mask(image["id"]).shape == (image["height"], image["width"])
+    assert "edges@one" not in status(root)
+    params["edges"]["alpha"] = 0.78  # one of SA-ICM's released settings
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "edges@one" in status(root)  # DVC tracks α

@@ -17,7 +17,7 @@ from icmflow.tasks.predictions import (
     coco_results,
     read_label_png,
     read_results,
-    write_label_pngs,
+    write_label_maps,
     write_results,
 )
 from icmflow.tasks.scoring import score_detection, score_semantic, semantic_ground_truth
@@ -210,7 +210,8 @@ def test_rle_counts_are_text_and_decode_to_the_mask(tmp_path: Path) -> None:
 
 def test_label_pngs_hold_category_ids(tmp_path: Path) -> None:
     classes = np.array([[0, 1, 2], [5, 2, 40]])  # person, bicycle, car; bus; unknown
-    write_label_pngs({2: classes}, MAPPING, tmp_path, {2: "sub/two.jpg"})
+    labels = {2: MAPPING.categories_of(classes)}
+    write_label_maps(labels, tmp_path, {2: "sub/two.jpg"}, largest=max(MAPPING.category_names))
     assert (tmp_path / "sub" / "two.png").is_file()
     labels = read_label_png(tmp_path, "sub/two.jpg")
     assert labels.tolist() == [[2, 0, 1], [3, 1, 0]]

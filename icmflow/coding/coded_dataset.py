@@ -39,12 +39,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from distributed import Client, as_completed
 from tqdm import tqdm
 
-from icmflow.coding.image_codec import CodecSpec
+from icmflow.coding.image_codec import CodecSpec, RegionCodecSpec
 from icmflow.core.completion import COMPLETE, completed, mark_complete, require_complete
-from icmflow.core.errors import InputError
+from icmflow.core.errors import InputError, MissingInputError
 from icmflow.core.files import remove, write_bytes, write_csv, write_json, write_text
 from icmflow.core.resume import fingerprint
 from icmflow.core.storage import location
@@ -52,6 +53,7 @@ from icmflow.datasets.file_names import output_stem
 from icmflow.datasets.formats.yolo import write_dataset_yaml, write_yolo_labels, yolo_names
 from icmflow.datasets.images import read_rgb, write_png
 from icmflow.datasets.prepared import PreparedDataset
+from icmflow.masks.store import MaskStore
 
 DECODED_PNG_LEVEL = 1
 """zlib level of the decoded PNGs: writing them at the default 6 took 15 % of a learned codec's
@@ -90,20 +92,39 @@ def coded_split(coded_dir: Path | str, split: str) -> Path:
     return _annotations(coded_dir, split)
 
 
-def _encode_images(spec: CodecSpec, out: str, split: str, images: list[tuple[str, str]]) -> int:
-    """Encode (source path, file stem) pairs into split `split` of `out`; returns the count."""
+def _encode_images(
+    spec: CodecSpec | RegionCodecSpec, out: str, split: str, images: list[tuple[str, str, int]]
+) -> int:
+    """Encode (source path, file stem, image id) triples into split `split` of `out` (with
+    each image's ROI, for a `RegionCodecSpec`); returns the count."""
     codec = spec.build()
-    for source, stem in images:
+    stores = dict(getattr(spec, "region_stores", ()))
+    regions = MaskStore(stores[split]) if stores else None
+    for source, stem, image_id in images:
         bitstream, decoded = (
             location(out) / "bitstreams" / split / f"{stem}{spec.suffix}",
             location(out) / "images" / split / f"{stem}.png",
         )
         if bitstream.is_file() and decoded.is_file():
             continue  # done by an earlier, interrupted run
-        coded = codec.encode(read_rgb(source))
+        rgb = read_rgb(source)
+        if regions is None:
+            coded = codec.encode(rgb)
+        else:
+            coded = codec.encode_region(rgb, _region(regions, image_id))
         write_png(decoded, coded.decoded, compress_level=DECODED_PNG_LEVEL)
         write_bytes(bitstream, coded.data)  # last: its presence marks the image done
     return len(images)
+
+
+def _region(store: MaskStore, image_id: int) -> np.ndarray:
+    """Image `image_id`'s ROI: its mask in `store`, which must hold it."""
+    try:
+        return store.mask(image_id)
+    except KeyError as err:
+        raise MissingInputError(
+            f"{err.args[0]}: the mask store is not of this dataset; run `icmflow masks` again"
+        ) from None
 
 
 def _begin(out: Path, digest: str) -> None:
@@ -117,7 +138,7 @@ def _begin(out: Path, digest: str) -> None:
 
 
 def encode_dataset(
-    spec: CodecSpec,
+    spec: CodecSpec | RegionCodecSpec,
     splits: dict[str, PreparedDataset],
     out: Path | str,
     *,
@@ -149,7 +170,7 @@ def encode_dataset(
 
 
 def _encode_split(
-    spec: CodecSpec,
+    spec: CodecSpec | RegionCodecSpec,
     dataset: PreparedDataset,
     out: Path,
     split: str,
@@ -157,7 +178,10 @@ def _encode_split(
     images_per_task: int,
 ) -> dict:
     stems = _output_stems(dataset)
-    jobs = [(str(dataset.image_path(im)), s) for im, s in zip(dataset.images, stems, strict=True)]
+    jobs = [
+        (str(dataset.image_path(im)), stem, im["id"])
+        for im, stem in zip(dataset.images, stems, strict=True)
+    ]
     tasks = [jobs[i : i + images_per_task] for i in range(0, len(jobs), images_per_task)]
     args = (spec, str(out), split)
     with tqdm(total=len(jobs), desc=f"encode {split}", unit="img") as bar:

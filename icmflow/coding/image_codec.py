@@ -4,7 +4,8 @@ A codec entry of params.yaml becomes a `CodecSpec`: a small, picklable, hashable
 (dask workers receive it and build the codec once per process). Its `ImageCodec` encodes H×W×3
 uint8 RGB pixels into the bytes of one file and decodes such bytes back; `encode` also returns
 the decoded pixels, decoded from those very bytes, so a coded dataset holds exactly what its
-files decode to.
+files decode to. A `RegionCodecSpec` codes each image with its region of interest instead (an
+H×W bool mask, read from the split's object mask store), e.g. `icmflow.coding.roi`.
 """
 
 from __future__ import annotations
@@ -36,3 +37,19 @@ class CodecSpec(Protocol):
     suffix: str
 
     def build(self) -> ImageCodec: ...
+
+
+class RegionCodec(Protocol):
+    suffix: str
+
+    def encode_region(self, rgb: np.ndarray, roi: np.ndarray) -> Coded: ...
+
+    def decode(self, data: bytes) -> np.ndarray: ...
+
+
+class RegionCodecSpec(Protocol):
+    suffix: str
+    region_stores: tuple[tuple[str, str], ...]
+    """(split, mask store) pairs: each image's ROI is its mask in its split's store."""
+
+    def build(self) -> RegionCodec: ...

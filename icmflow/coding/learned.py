@@ -55,7 +55,9 @@ class LearnedCodec:
         self.multiple = getattr(model, "pad_multiple", PAD_MULTIPLE)
 
     @torch.no_grad()
-    def _decode(self, stream: Bitstream) -> tuple[np.ndarray, int]:
+    def decode_stream(self, stream: Bitstream) -> tuple[np.ndarray, int]:
+        """The pixels a parsed bitstream decodes to, and the CRC of the scale indexes used
+        (unchecked: `decode` checks both)."""
         recorder = IndexRecorder()
         with fixed_numerics(self.device), recorder.watching(self.model):
             strings = [[s] for s in stream.strings]
@@ -72,14 +74,14 @@ class LearnedCodec:
             output = self.model.compress(x)
         shape = tuple(int(d) for d in output["shape"])
         stream = Bitstream(height, width, shape, strings_of_one_image(output), recorder.value, 0)
-        decoded, decoder_indexes = self._decode(stream)
+        decoded, decoder_indexes = self.decode_stream(stream)
         check_encoder_decode(self.name, decoder_indexes, recorder.value)
         return Coded(pack(replace(stream, pixel_check=pixel_check(decoded))), decoded)
 
     def decode(self, data: bytes, *, source: str = "bitstream", strict: bool = True) -> np.ndarray:
         """Decode and verify; `strict=False` accepts pixels that differ by rounding only."""
         stream = read_bitstream(data, source)
-        decoded, indexes = self._decode(stream)
+        decoded, indexes = self.decode_stream(stream)
         check_decoded(stream, decoded, indexes, source=source, name=self.name, strict=strict)
         return decoded
 

@@ -1,11 +1,22 @@
-"""Edge masks (SA-ICM): the boundaries of every mask Segment Anything finds in an image.
+"""Edge masks (SA-ICM): the edges of the masks Segment Anything finds in an image.
+
+Two methods (`EdgeSettings.method`):
+
+- `canny`, SA-ICM's (Shindo et al., 2024): SAM's masks are rendered as one segmentation map and
+  a Canny detector draws its edges (`segmentation_map`, `canny_edges`). The map gives each pixel
+  the smallest mask covering it, as SAM's own rendering (its notebooks' `show_anns`, which
+  paints masks from the largest to the smallest) shows it; pixels of no mask form one region.
+  Canny runs with both thresholds 0 on the map coded as 24-bit colours (mask k as the bytes of
+  k): the map is constant inside regions, so its edges are the changes of region, thinned by
+  Canny's non-maximum suppression to one pixel on the top/left side of each step (corners are
+  cut diagonally). For w > 1 the line is dilated to 2w - 1 pixels.
+- `boundary`: the union of the boundaries of all masks (below).
 
 Boundary convention, for an edge width w ≥ 1: a pixel is an edge pixel of a mask when it belongs
 to the mask and some pixel of the image outside the mask lies within Chebyshev distance w of it
 (w pixels in any of the 8 directions). The boundary is thus drawn w pixels wide on the mask's own
-side; where two masks meet, both sides are drawn (2w pixels). The image border is no boundary:
-pixels beyond it count as neither inside nor outside. The edge mask of an image is the union of
-the boundaries of all its SAM masks.
+side; where two masks meet, both sides are drawn (2w pixels). The image border is no boundary
+(in either method): pixels beyond it count as neither inside nor outside.
 
 `edge_mask` finds the same masks as `SamAutomaticMaskGenerator` with one crop layer (SAM's
 default) and the same thresholds — the same prompts, filters, full-resolution logits and
@@ -25,10 +36,11 @@ any), and full-resolution work is chunked to `SamSpec.memory_mb`; see `icmflow.v
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,12 +64,17 @@ STABILITY_SCORE_OFFSET = 1.0
 """SAM's default logit offset for the stability score."""
 SMALL_REGION_NMS_THRESH = 0.7
 """SAM's crop NMS threshold, which its small-region clean-up uses as a floor."""
+EDGE_METHODS = ("canny", "boundary")
+MAX_REGIONS = 2**24 - 1
+"""Masks a segmentation map can number: Canny reads it as 24-bit colours."""
 
 
 @dataclass(frozen=True)
 class EdgeSettings:
-    """The automatic mask generator's settings (SAM's defaults) and the edge width."""
+    """How edges are drawn (`method`, `edge_width`) and the automatic mask generator's
+    settings (SAM's defaults; SA-ICM's confidence α is `pred_iou_thresh`)."""
 
+    method: str = "canny"
     points_per_side: int = 32
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.88
@@ -65,6 +82,10 @@ class EdgeSettings:
     box_nms_thresh: float = 0.7
     min_region_area: int = 0
     edge_width: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in EDGE_METHODS:
+            raise ValueError(f"edge method {self.method!r}: use one of {', '.join(EDGE_METHODS)}")
 
 
 def mask_edges(masks: torch.Tensor, width: int) -> torch.Tensor:
@@ -179,11 +200,49 @@ def automatic_masks(
         yield torch.from_numpy(np.stack(cleaned)).to(runner.device)
 
 
+def segmentation_map(
+    chunks: Iterable[torch.Tensor], shape: tuple[int, int], device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """The segmentation map (H×W int32) of boolean K×H×W mask chunks: each pixel holds the
+    number (1, 2, ... in the order given) of the smallest mask covering it, a tie going to the
+    later mask, and 0 where no mask does."""
+    labels = torch.zeros(shape, dtype=torch.int32, device=device)
+    smallest = torch.full(shape, torch.iinfo(torch.int32).max, dtype=torch.int32, device=device)
+    label = 0
+    for masks in chunks:
+        for mask, area in zip(masks, masks.sum(dim=(1, 2)), strict=True):
+            label += 1
+            if label > MAX_REGIONS:
+                raise ValueError(f"more than {MAX_REGIONS} masks for one segmentation map")
+            painted = mask & (area <= smallest)
+            labels[painted] = label
+            smallest[painted] = area
+    return labels.cpu().numpy()
+
+
+def canny_edges(labels: np.ndarray, width: int) -> np.ndarray:
+    """The Canny edges (H×W bool) of a segmentation map of region numbers below 2**24: its
+    changes of region, one pixel wide (dilated to 2·width - 1 pixels)."""
+    if width < 1:
+        raise ValueError(f"edge width must be at least 1 pixel, got {width}")
+    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) <= MAX_REGIONS:
+        raise ValueError(f"region numbers must lie in 0..{MAX_REGIONS}")
+    colours = np.stack([(labels >> shift) & 0xFF for shift in (0, 8, 16)], axis=-1)
+    edges = cv2.Canny(np.ascontiguousarray(colours, dtype=np.uint8), 0, 0)
+    if width > 1:
+        edges = cv2.dilate(edges, np.ones((2 * width - 1, 2 * width - 1), dtype=np.uint8))
+    return edges > 0
+
+
 def edge_mask(runner: SamRunner, image: np.ndarray, settings: EdgeSettings) -> np.ndarray:
     """The edge mask (H×W bool) of an H×W×3 uint8 RGB image."""
+    masks = automatic_masks(runner, image, settings)
+    if settings.method == "canny":
+        labels = segmentation_map(masks, image.shape[:2], runner.device)
+        return canny_edges(labels, settings.edge_width)
     union = torch.zeros(image.shape[:2], dtype=torch.bool, device=runner.device)
-    for masks in automatic_masks(runner, image, settings):
-        union |= mask_edges(masks, settings.edge_width).any(dim=0)
+    for chunk in masks:
+        union |= mask_edges(chunk, settings.edge_width).any(dim=0)
     return union.cpu().numpy()
 
 

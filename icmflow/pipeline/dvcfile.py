@@ -29,7 +29,13 @@ import yaml
 
 from icmflow.evaluation.accuracy import HEADLINES
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
-from icmflow.pipeline.params import Params, is_compressed_domain, is_scalable, is_trained
+from icmflow.pipeline.params import (
+    Params,
+    is_compressed_domain,
+    is_roi,
+    is_scalable,
+    is_trained,
+)
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
@@ -190,8 +196,9 @@ class _Builder:
             )
         if p.edges.datasets:
             edge_keys = (
+                "method",
+                "alpha",
                 "points_per_side",
-                "pred_iou_thresh",
                 "stability_score_thresh",
                 "box_nms_thresh",
                 "min_region_area",
@@ -240,6 +247,7 @@ class _Builder:
     def codecs(self) -> dict[str, Any]:
         p, paths = self.params, self.paths
         encoded = str(paths.prepared(p.encode.dataset))
+        object_masks = str(paths.masks("object", p.encode.dataset))
         encode_items = {}
         for name, entry in p.codecs.items():
             own_input = [str(paths.checkpoint(name))] if is_trained(entry) else []
@@ -247,13 +255,15 @@ class _Builder:
                 own_input.append(self.layer(entry.machine))
             if is_compressed_domain(entry):  # its machine bitstreams need the task network
                 own_input += self.task_weights(entry.machine_task)
+            if is_roi(entry):  # its codec's checkpoint, and the ground-truth ROIs
+                own_input += [str(paths.checkpoint(entry.codec)), object_masks]
             own_keys = [f"codecs.{name}.family"] if is_trained(entry) else self.entry_keys(name)
             if name in p.finetuned_codecs:  # codes the training split too
                 own_keys += self.keys("encode.train_split")
             encode_items[name] = ([encoded, *own_input], own_keys)
         evaluated = [encoded]  # and the object masks, for object PSNR, where there are any
         if p.dataset(p.encode.dataset).has_annotations:
-            evaluated.append(str(paths.masks("object", p.encode.dataset)))
+            evaluated.append(object_masks)
         return {
             "train": _group(
                 "icmflow train ${key}",
@@ -334,6 +344,14 @@ class _Builder:
             coded.append(str(self.paths.checkpoint(source)))
         return coded
 
+    def semantic_labels(self, task: str) -> list[str]:
+        """The gtFine labelIds a semantic task is scored against when `encode.dataset` is
+        Cityscapes (its 19 classes come from them, not from the prepared instances)."""
+        source = self.params.dataset(self.params.encode.dataset)
+        if self.params.task(task).kind != "semantic_segmentation" or source.format != "cityscapes":
+            return []
+        return [str(source.split_paths(self.params.encode.split)[0])]
+
     def tasks(self) -> dict[str, Any]:
         p, paths = self.params, self.paths
         if not p.tasks:
@@ -358,7 +376,11 @@ class _Builder:
             "icmflow infer ${item.source} ${item.task}",
             {
                 f"{source}-{name}": (
-                    [*self.source_data(source, name), *self.task_weights(name)],
+                    [
+                        *self.source_data(source, name),
+                        *self.task_weights(name),
+                        *self.semantic_labels(name),
+                    ],
                     self.task_keys(name, *self.TASK_KEYS),
                 )
                 for source, name in pairs
@@ -373,7 +395,11 @@ class _Builder:
                 "icmflow finetune ${item.codec} ${item.task}",
                 {
                     f"{codec}-{name}": (
-                        [str(paths.coded(codec)), *self.task_weights(name)],
+                        [
+                            str(paths.coded(codec)),
+                            *self.task_weights(name),
+                            *self.semantic_labels(name),
+                        ],
                         self.task_keys(name, "finetune", *self.TASK_KEYS),
                     )
                     for codec, name in p.finetuned()

@@ -10,6 +10,7 @@ from icmflow.pipeline.params import Params, check_registered
 from icmflow.pipeline.paths import Paths
 from icmflow.runtime.devices import resolve_device
 from icmflow.tasks.classes import ClassMapping, class_mapping
+from icmflow.tasks.semantic import SemanticTruth, cityscapes_truth, instance_truth
 from icmflow.vision.tasks.base import TASK_BACKENDS, TaskBackend, TaskModel, TaskModelSpec
 
 
@@ -47,12 +48,30 @@ def task_spec(params: Params, name: str, weights: Path) -> TaskModelSpec:
 
 
 def load_task_model(
-    params: Params, name: str, weights: Path, dataset: PreparedDataset
+    params: Params,
+    name: str,
+    weights: Path,
+    dataset: PreparedDataset,
+    categories: list[dict] | None = None,
 ) -> tuple[TaskModel, ClassMapping]:
-    """The model and its mapping onto `dataset`'s categories, both checked before any image."""
+    """The model and its mapping onto `categories` (default: `dataset`'s), both checked
+    before any image."""
     model = backend(params, name).load(task_spec(params, name, weights))
     explicit = params.task(name).classes
-    return model, class_mapping(dataset.data["categories"], model.class_names, explicit)
+    categories = dataset.data["categories"] if categories is None else categories
+    return model, class_mapping(categories, model.class_names, explicit)
+
+
+def semantic_truth(params: Params, name: str, dataset: PreparedDataset) -> SemanticTruth | None:
+    """What task `name`'s semantic maps of `dataset` (an `encode.split`, original or coded)
+    are scored against: Cityscapes' 19 classes from the source's gtFine labelIds when
+    `encode.dataset` is Cityscapes, else the annotations rasterised; None for other kinds."""
+    if params.task(name).kind != "semantic_segmentation":
+        return None
+    source = params.dataset(params.encode.dataset)
+    if source.format == "cityscapes":
+        return cityscapes_truth(source.split_paths(params.encode.split)[0])
+    return instance_truth(dataset)
 
 
 def machine_codec(params: Params, paths: Paths, codec: str, device: str = "cpu"):

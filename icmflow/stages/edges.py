@@ -28,7 +28,9 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
             f"edges@{dataset}"
         )
     spec = sam_spec(params)
-    settings = EdgeSettings(**options.model_dump(exclude={"datasets"}))
+    settings = EdgeSettings(
+        pred_iou_thresh=options.alpha, **options.model_dump(exclude={"datasets", "alpha"})
+    )
 
     def build(prepared: PreparedDataset, out: Path, work: Path, client: Client | None) -> None:
         build_edge_masks(

@@ -6,16 +6,18 @@ import logging
 from pathlib import Path
 
 from icmflow.coding.coded_dataset import add_cityscapes_layout, encode_dataset
-from icmflow.coding.image_codec import CodecSpec
+from icmflow.coding.image_codec import CodecSpec, RegionCodecSpec
 from icmflow.core.errors import MissingInputError
 from icmflow.core.files import remove, replace, write_json
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.core.storage import download
 from icmflow.datasets.prepared import PreparedDataset
+from icmflow.masks.store import store_attrs
 from icmflow.pipeline.params import (
     Params,
     check_registered,
     is_compressed_domain,
+    is_roi,
     is_scalable,
     is_trained,
 )
@@ -26,9 +28,12 @@ from icmflow.runtime.cluster import dask_client
 log = logging.getLogger(__name__)
 
 
-def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
-    """What the workers build codec `name` from: its checkpoint, or its classical settings."""
+def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec | RegionCodecSpec:
+    """What the workers build codec `name` from: its checkpoint (an ROI codec's: its codec's,
+    and the object masks), or its classical settings."""
     entry = params.codec(name)
+    if is_roi(entry):
+        return _roi_spec(params, paths, name)
     if not is_trained(entry):
         return entry.codec()
     from icmflow.coding.learned import LearnedCodecSpec  # PyTorch: learned codecs only
@@ -51,13 +56,42 @@ def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec:
     return LearnedCodecSpec(str(checkpoint), file_digest(checkpoint), params.encode.device)
 
 
-def run(params: Params, paths: Paths, name: str) -> None:
+def _roi_spec(params: Params, paths: Paths, name: str) -> RegionCodecSpec:
+    """ROI codec `name`: its learned codec's checkpoint, QF, and the object mask stores of the
+    splits it codes (the ground-truth ROIs)."""
+    from icmflow.coding.roi import RoiCodecSpec  # PyTorch: learned codecs only
+
+    entry, dataset = params.codec(name), params.encode.dataset
+    learned = codec_spec(params, paths, entry.codec)
+    stores = {split: paths.mask_store("object", dataset, split) for split in _splits(params, name)}
+    for store in stores.values():
+        if not store.is_dir():
+            raise MissingInputError(f"{store}: not found; run `icmflow masks {dataset}` first")
+    return RoiCodecSpec(
+        learned.checkpoint,
+        learned.sha256,
+        entry.qf,
+        tuple((split, str(store)) for split, store in stores.items()),
+        fingerprint(*(store_attrs(store)["fingerprint"] for store in stores.values())),
+        params.encode.device,
+    )
+
+
+def _splits(params: Params, name: str) -> list[str]:
+    """The splits encode@`name` codes: `encode.split`, and `encode.train_split` for codecs
+    some task is fine-tuned on."""
     options = params.encode
     names = [options.split]
     if options.train_split and name in params.finetuned_codecs:
         names.append(options.train_split)
+    return names
+
+
+def run(params: Params, paths: Paths, name: str) -> None:
+    options = params.encode
     splits = {
-        split: PreparedDataset.load(paths.prepared_split(options.dataset, split)) for split in names
+        split: PreparedDataset.load(paths.prepared_split(options.dataset, split))
+        for split in _splits(params, name)
     }
     spec = codec_spec(params, paths, name)
     digests = [file_digest(dataset.path) for dataset in splits.values()]

@@ -4,6 +4,8 @@
 a codec entry (its coded `encode.split`). Writes the predictions and `accuracy.json`. A
 compressed-domain codec's own task predicts from its machine bitstreams instead of its images
 (no pixels decoded); `accuracy.json` then also holds their rate (`bpp`, `rate.machine`).
+Semantic maps of a Cityscapes `encode.dataset` are scored on its 19 classes (stuff included)
+against its gtFine labelIds (`icmflow.tasks.semantic`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from icmflow.pipeline.params import Params, is_compressed_domain
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
-from icmflow.pipeline.tasks import base_weights, load_task_model
+from icmflow.pipeline.tasks import base_weights, load_task_model, semantic_truth
 from icmflow.tasks.accuracy import predict_dataset, score_predictions
 from icmflow.vision.tasks.base import Prediction
 
@@ -61,7 +63,9 @@ def score_model(
     the provenance of `stage` (the task entry and `recorded` params) written to `out_dir`."""
     entry = params.task(task)
     dataset = source_dataset(params, paths, source)
-    model, mapping = load_task_model(params, task, weights, dataset)
+    truth = semantic_truth(params, task, dataset)
+    categories = None if truth is None else truth.categories
+    model, mapping = load_task_model(params, task, weights, dataset, categories)
     log.info("%s: %s", task, mapping.description)
     rate: dict = {}
     if from_machine_bitstreams(params, source, task):
@@ -69,7 +73,7 @@ def score_model(
     else:
         predictions = predict_dataset(model, dataset)
     with atomic_directory(out_dir) as out:
-        accuracy = score_predictions(entry.kind, dataset, predictions, mapping, out)
+        accuracy = score_predictions(entry.kind, dataset, predictions, mapping, out, semantic=truth)
         write_json(out / "accuracy.json", {"source": source, "task": task, **accuracy, **rate})
         write_provenance(out, stage, {"tasks": {task: entry.model_dump()}, **recorded})
     log.info("%s on %s: %s", task, source, _headline(accuracy))

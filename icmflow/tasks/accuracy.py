@@ -2,12 +2,12 @@
 
 Detection and instance segmentation give COCO results (mAP50-95 and mAP50 of boxes, and of
 masks for instances, by pycocotools' COCOeval); semantic segmentation gives label PNGs and mIoU
-against the annotations rasterised per category (`scoring.semantic_ground_truth`).
+against the annotations rasterised per category, or Cityscapes' 19 classes
+(`icmflow.tasks.semantic`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,9 @@ from icmflow.core.errors import InputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.tasks.classes import ClassMapping
-from icmflow.tasks.predictions import coco_results, write_label_pngs, write_results
-from icmflow.tasks.scoring import score_detection, score_semantic, semantic_ground_truth
+from icmflow.tasks.predictions import coco_results, write_label_maps, write_results
+from icmflow.tasks.scoring import score_detection
+from icmflow.tasks.semantic import SemanticTruth, instance_truth
 from icmflow.vision.tasks.base import Prediction, TaskKind, TaskModel
 
 IOU_TYPES: dict[TaskKind, tuple[str, ...]] = {
@@ -68,24 +69,21 @@ def score_predictions(
     predictions: dict[int, Prediction],
     mapping: ClassMapping,
     out: Path,
+    *,
+    semantic: SemanticTruth | None = None,
 ) -> dict:
     """Write the predictions under `out` (`predictions.json`, or `labels/` PNGs) and return
-    their accuracy against `dataset`'s annotations."""
+    their accuracy against `dataset`'s annotations (semantic maps: against `semantic`,
+    by default the annotations rasterised, `instance_truth`)."""
     if kind == "semantic_segmentation":
+        truth = semantic or instance_truth(dataset)
+        labels = {i: truth.predicted(mapping, p) for i, p in predictions.items()}
         names = {image["id"]: image["file_name"] for image in dataset.images}
-        write_label_pngs(predictions, mapping, out / "labels", names)
-        return score_semantic(
-            _ground_truth_maps(dataset),
-            (mapping.categories_of(predictions[image["id"]]) for image in dataset.images),
-            dataset.data["categories"],
-        )
+        pngs = {i: truth.png_values(m) for i, m in labels.items()}
+        write_label_maps(pngs, out / "labels", names, largest=truth.png_largest)
+        return truth.score(dataset, labels)
     results = coco_results(predictions, mapping, kind)
     write_results(out / "predictions.json", results)
     return {
         iou_type: score_detection(dataset.data, results, iou_type) for iou_type in IOU_TYPES[kind]
     }
-
-
-def _ground_truth_maps(dataset: PreparedDataset) -> Iterator[np.ndarray]:
-    for image in dataset.images:
-        yield semantic_ground_truth(dataset, image)

@@ -49,13 +49,14 @@ class ClassMapping:
         """The dataset category of a model class; None for a class the dataset lacks."""
         return self._to_category.get(int(model_class))
 
-    def categories_of(self, classes: np.ndarray) -> np.ndarray:
-        """An array of model classes as category ids, vectorised; unmapped classes become 0."""
+    def categories_of(self, classes: np.ndarray, *, unmapped: int = 0) -> np.ndarray:
+        """An array of model classes as category ids, vectorised; unmapped classes become
+        `unmapped` (0: background)."""
         classes = np.asarray(classes, dtype=np.int64)
-        lookup = np.zeros(max(self._to_category, default=0) + 1, dtype=np.int64)
+        lookup = np.full(max(self._to_category, default=0) + 1, unmapped, dtype=np.int64)
         lookup[list(self._to_category)] = list(self._to_category.values())
         inside = (classes >= 0) & (classes < lookup.size)
-        return np.where(inside, lookup[np.where(inside, classes, 0)], 0)
+        return np.where(inside, lookup[np.where(inside, classes, 0)], unmapped)
 
     @property
     def description(self) -> str:

@@ -34,7 +34,7 @@ def coco_results(
     """COCO results (image_id, category_id, bbox x, y, w, h, score, and for instance
     segmentation an RLE `segmentation` with str counts), in image-id order."""
     if kind == "semantic_segmentation":
-        raise ValueError("semantic predictions are label maps: write them with write_label_pngs")
+        raise ValueError("semantic predictions are label maps: write them with write_label_maps")
     results = []
     for image_id in sorted(predictions):
         detections = predictions[image_id]
@@ -84,26 +84,18 @@ def label_png_path(out_dir: Path, file_name: str) -> Path:
     return Path(out_dir) / f"{output_stem(file_name, out_dir)}.png"
 
 
-def write_label_pngs(
-    predictions: dict[int, np.ndarray],
-    mapping: ClassMapping,
-    out_dir: Path,
-    file_names: dict[int, str],
+def write_label_maps(
+    maps: dict[int, np.ndarray], out_dir: Path, file_names: dict[int, str], *, largest: int
 ) -> None:
-    """Write each image's (H, W) map of model classes as a label PNG of category ids.
-
-    `file_names` maps image ids to the images' `file_name`s; each file is written atomically.
-    """
-    paths = {image_id: label_png_path(out_dir, file_names[image_id]) for image_id in predictions}
+    """Write each image's (H, W) map of label values (0..`largest`) as a label PNG, 8-bit
+    when `largest` fits, else 16-bit."""
+    paths = {image_id: label_png_path(out_dir, file_names[image_id]) for image_id in maps}
     if len(set(paths.values())) < len(paths):
         raise ValueError("images whose file names differ only in the suffix share a label PNG")
-    if min(mapping.category_names, default=1) < 1:
-        raise ValueError("label PNGs keep 0 for background: category ids must be >= 1")
-    dtype = np.uint8 if max(mapping.category_names, default=0) <= 255 else np.uint16
+    dtype = np.uint8 if largest <= 255 else np.uint16
     for image_id, path in paths.items():
-        labels = mapping.categories_of(predictions[image_id]).astype(dtype)
         buffer = io.BytesIO()
-        Image.fromarray(labels).save(buffer, format="PNG")
+        Image.fromarray(maps[image_id].astype(dtype)).save(buffer, format="PNG")
         write_bytes(path, buffer.getvalue())
 
 

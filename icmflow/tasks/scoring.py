@@ -8,10 +8,14 @@ without ground truth has no AP: its `per_class` values are None (COCOeval's -1),
 without any ground truth has None overall.
 
 Semantic segmentation: a confusion matrix over all scored pixels (ground truth `ignore_index`
-left out), with background (0) a label of its own: predicting a category on background counts
-against that category's IoU. `miou` is the mean IoU over the categories present in the ground
-truth or the predictions; an absent category has IoU None and is left out of the mean. Pixel
-accuracy counts every scored pixel, background included.
+left out), by default with background (0) a label of its own: predicting a category on
+background counts against that category's IoU. Without background (Cityscapes' 19 classes)
+every label is a category. A prediction of `ignore_index` is "no class": it counts against the
+true category (a false negative) and for no other, as Cityscapes' own evaluation counts a
+predicted label it ignores. `miou` is the mean IoU over the categories present in the ground
+truth or the predictions; an absent category has IoU None and is left out of the mean (as
+Cityscapes leaves out a class whose IoU is NaN). Pixel accuracy counts every scored pixel,
+background included.
 """
 
 from __future__ import annotations
@@ -112,11 +116,15 @@ def score_semantic(
     predicted_maps: Iterable[np.ndarray],
     categories: list[dict],
     ignore_index: int = IGNORE_INDEX,
+    *,
+    background: bool = True,
 ) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of category-id maps (0 background), accumulated
-    over the images; the two iterables (lists or generators) go in the same image order."""
-    labels = [0, *sorted(c["id"] for c in categories)]
-    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)  # [truth, prediction]
+    """mIoU, per-class IoU and pixel accuracy of category-id maps (0 background, unless
+    `background` is False), accumulated over the images; the two iterables (lists or
+    generators) go in the same image order."""
+    labels = [0] * background + sorted(c["id"] for c in categories)
+    n = len(labels)
+    confusion = np.zeros((n, n + 1), dtype=np.int64)  # [truth, prediction]; last: no class
     images = 0
     for truth, predicted in zip(ground_truth_maps, predicted_maps, strict=True):
         if truth.shape != predicted.shape:
@@ -124,21 +132,22 @@ def score_semantic(
                 f"a predicted map is {predicted.shape}, its ground truth {truth.shape}"
             )
         scored = truth != ignore_index
-        rows, columns = (
-            _label_indices(truth[scored], labels),
-            _label_indices(predicted[scored], labels),
-        )
-        confusion += np.bincount(rows * len(labels) + columns, minlength=len(labels) ** 2).reshape(
+        predicted = predicted[scored]
+        no_class = predicted == ignore_index
+        rows = _label_indices(truth[scored], labels)
+        columns = np.full(predicted.shape, n)
+        columns[~no_class] = _label_indices(predicted[~no_class], labels)
+        confusion += np.bincount(rows * (n + 1) + columns, minlength=n * (n + 1)).reshape(
             confusion.shape
         )
         images += 1
     true_positives = np.diag(confusion)
-    unions = confusion.sum(0) + confusion.sum(1) - true_positives
+    unions = confusion[:, :n].sum(0) + confusion.sum(1) - true_positives
     names = {c["id"]: c["name"] for c in categories}
     per_class = {
         names[label]: float(true_positives[k] / unions[k]) if unions[k] else None
         for k, label in enumerate(labels)
-        if k
+        if label in names
     }
     present = [iou for iou in per_class.values() if iou is not None]
     total = int(confusion.sum())
@@ -157,7 +166,7 @@ def _label_indices(values: np.ndarray, labels: list[int]) -> np.ndarray:
     known[known] = np.asarray(labels)[indices[known]] == values[known]
     if not known.all():
         stray = sorted(set(np.unique(values[~known]).tolist()))
-        raise ValueError(f"label values {stray[:5]} are neither 0 nor a category id")
+        raise ValueError(f"label values {stray[:5]} are no label (category id, background 0)")
     return indices
 
 

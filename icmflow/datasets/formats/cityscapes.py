@@ -30,7 +30,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from icmflow.core.errors import ProblemLog
+from icmflow.core.errors import InputError, MissingInputError, ProblemLog
 from icmflow.datasets.coco import Origin, RawDataset
 from icmflow.datasets.formats.base import FORMATS, DatasetFormat, IgnoredRegionsOptions
 from icmflow.datasets.images import undecodable, write_png
@@ -242,3 +242,82 @@ def write_cityscapes(
         write_png(image_dir / f"{prefix}{IMAGE_SUFFIX}", rgb)
         Image.fromarray(ids).save(label_dir / f"{prefix}{INSTANCE_SUFFIX}")
         Image.fromarray(labels).save(label_dir / f"{prefix}{LABEL_SUFFIX}")
+
+
+TRAIN_CLASSES = {
+    7: (0, "road"),
+    8: (1, "sidewalk"),
+    11: (2, "building"),
+    12: (3, "wall"),
+    13: (4, "fence"),
+    17: (5, "pole"),
+    19: (6, "traffic light"),
+    20: (7, "traffic sign"),
+    21: (8, "vegetation"),
+    22: (9, "terrain"),
+    23: (10, "sky"),
+    24: (11, "person"),
+    25: (12, "rider"),
+    26: (13, "car"),
+    27: (14, "truck"),
+    28: (15, "bus"),
+    31: (16, "train"),
+    32: (17, "motorcycle"),
+    33: (18, "bicycle"),
+}
+"""Label id -> (train id, name): the 19 classes Cityscapes evaluates (its `labels.py`); every
+other label id has train id `IGNORE_TRAIN_ID` (`ignoreInEval`)."""
+IGNORE_TRAIN_ID = 255
+TRAIN_CATEGORIES = [
+    {"id": train_id, "name": name} for train_id, name in sorted(TRAIN_CLASSES.values())
+]
+THING_TRAIN_IDS = frozenset(TRAIN_CLASSES[label][0] for label in THINGS)
+_TO_TRAIN = np.full(INSTANCE_BASE, IGNORE_TRAIN_ID, dtype=np.uint8)
+_TO_TRAIN[list(TRAIN_CLASSES)] = [train_id for train_id, _ in TRAIN_CLASSES.values()]
+_TO_LABEL = np.zeros(256, dtype=np.uint8)
+_TO_LABEL[[train_id for train_id, _ in TRAIN_CLASSES.values()]] = list(TRAIN_CLASSES)
+
+
+def instance_ids(annotations: Path, file_name: str, shape: tuple[int, int]) -> np.ndarray:
+    """The instanceIds (H×W int64) of image `file_name` (relative to `leftImg8bit/<split>`;
+    a coded copy's `.png` name too) under `annotations` (`gtFine/<split>`), checked as
+    `read_cityscapes` checks them (against the labelIds file when there is one)."""
+    image = Path(file_name).with_suffix(".png")
+    source = _label_file(annotations, image, INSTANCE_SUFFIX)
+    if not source.is_file():
+        raise MissingInputError(f"{source}: missing: the instance labels of {file_name}")
+    ids = _read_ids(source, shape)
+    problem = (
+        ids
+        if isinstance(ids, str)
+        else _ids_problem(source, ids, _label_file(annotations, image, LABEL_SUFFIX))
+    )
+    if problem:
+        raise InputError(source, "", problem)
+    return ids
+
+
+def label_ids(annotations: Path, file_name: str, shape: tuple[int, int]) -> np.ndarray:
+    """The label ids (H×W int64) of image `file_name` (as `instance_ids`): its labelIds
+    file, or its instanceIds file (which holds the same label ids, × 1000 on instances)."""
+    image = Path(file_name).with_suffix(".png")
+    source = _label_file(annotations, image, LABEL_SUFFIX)
+    if not source.is_file():
+        ids = instance_ids(annotations, file_name, shape)
+        return np.where(ids >= INSTANCE_BASE, ids // INSTANCE_BASE, ids)
+    ids = _read_ids(source, shape)
+    if isinstance(ids, str):
+        raise InputError(source, "", ids)
+    if ids.size and not 0 <= int(ids.min()) <= int(ids.max()) <= MAX_LABEL_ID:
+        raise InputError(source, "", f"label ids outside 0..{MAX_LABEL_ID}: not a labelIds file")
+    return ids
+
+
+def to_train_ids(ids: np.ndarray) -> np.ndarray:
+    """Label ids -> train ids 0..18, `IGNORE_TRAIN_ID` for the rest."""
+    return _TO_TRAIN[np.clip(ids, 0, INSTANCE_BASE - 1)]
+
+
+def to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Train ids -> label ids, Cityscapes' result format (0, `unlabeled`, for anything else)."""
+    return _TO_LABEL[np.clip(train_ids, 0, 255)]

@@ -18,6 +18,9 @@
   `model_args` are TCM's but M and num_slices, which follow from the machine and m) or
   `mode: dc` (the DC model: codec `arch` with `model_args` on the residual image). Gets
   train@ (after the machine's), encode@ (the additional layer) and evaluate@.
+- `family: roi`: Ahonen et al.'s ROI-based bit allocation (`icmflow.coding.roi`) on the trained
+  learned entry `codec`: its latent outside each image's ground-truth object mask divided by
+  `qf`. Gets encode@ (on `codec`'s checkpoint and the object masks) and evaluate@, no train@.
 
 Architectures and objectives are checked against their registries by `registered`, which
 imports PyTorch and CompressAI, so that the stages that need neither start in a second.
@@ -133,6 +136,21 @@ class ScalableEntry(Section):
         return f"λ={self.lmbda:g}"
 
 
+class RoiEntry(Section):
+    family: Literal["roi"]
+    codec: str = Field(pattern=NAME_PATTERN, description="the trained learned codec entry")
+    qf: float = Field(1.4, ge=1, description="the latent outside the ROI is divided by it")
+    series: str | None = SeriesField
+
+    @property
+    def series_name(self) -> str:
+        return self.series or f"roi-qf{self.qf:g}"
+
+    @property
+    def setting(self) -> str:
+        return f"on {self.codec}"
+
+
 def scalable_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
     """Scalable entries whose machine is no learned codec entry (the registries' checks of
     channel slices and m are `registered`'s)."""
@@ -153,6 +171,22 @@ def scalable_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def roi_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
+    """ROI entries whose `codec` is no learned codec entry."""
+    problems = []
+    for name, entry in codecs.items():
+        if is_roi(entry) and not is_learned(wrapped := codecs.get(entry.codec)):
+            found = "not under codecs" if wrapped is None else f"a {wrapped.family} codec"
+            problems.append(
+                (
+                    f"codecs.{name}.codec",
+                    f"{entry.codec!r} is {found}: the ROI baseline codes with a trained, "
+                    "learned codec entry",
+                )
+            )
+    return problems
+
+
 def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:
     return create_model(
         f"{codec.__name__}Entry",
@@ -162,10 +196,13 @@ def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:
 
 
 CLASSICAL_ENTRIES = {family: _classical_entry(cls) for family, cls in CLASSICAL.items()}
-FAMILIES = ("learned", "compressed-domain", "scalable", *CLASSICAL_ENTRIES)
+FAMILIES = ("learned", "compressed-domain", "scalable", "roi", *CLASSICAL_ENTRIES)
 
 CodecEntry = Annotated[
-    reduce(or_, (LearnedEntry, CompressedDomainEntry, ScalableEntry, *CLASSICAL_ENTRIES.values())),
+    reduce(
+        or_,
+        (LearnedEntry, CompressedDomainEntry, ScalableEntry, RoiEntry, *CLASSICAL_ENTRIES.values()),
+    ),
     Field(discriminator="family"),
 ]
 """A codec entry; `family` selects its kind and the settings it takes."""
@@ -181,6 +218,10 @@ def is_compressed_domain(entry: Any) -> bool:
 
 def is_scalable(entry: Any) -> bool:
     return isinstance(entry, ScalableEntry)
+
+
+def is_roi(entry: Any) -> bool:
+    return isinstance(entry, RoiEntry)
 
 
 def is_trained(entry: Any) -> bool:

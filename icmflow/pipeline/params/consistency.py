@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from icmflow.pipeline.params.codecs import is_scalable, scalable_problems
+from icmflow.pipeline.params.codecs import is_roi, is_scalable, roi_problems, scalable_problems
 from icmflow.pipeline.params.project import Params
 from icmflow.pipeline.params.tasks import ORIGINAL
 
@@ -179,6 +179,16 @@ def _annotation_problems(params: Params) -> list[Problem]:
                 "annotated dataset (coco, yolo, visdrone, cityscapes) or remove tasks",
             )
         )
+    roi = [name for name, entry in params.codecs.items() if is_roi(entry)]
+    if roi and unannotated(params, dataset):
+        problems.append(
+            (
+                f"codecs.{roi[0]}",
+                f"roi codecs code the objects' region at full quality, but encode.dataset "
+                f"{dataset!r} has no annotations to draw it from: encode an annotated dataset "
+                "or remove the roi entries",
+            )
+        )
     for name, task in params.tasks.items():
         if task.train and unannotated(params, task.train.dataset):
             problems.append(
@@ -209,7 +219,7 @@ def _bit_map_problems(params: Params) -> list[Problem]:
 
 def consistency_problems(params: Params) -> list[Problem]:
     problems = _training_problems(params) + _scalable_training_problems(params)
-    problems += scalable_problems(params.codecs)
+    problems += scalable_problems(params.codecs) + roi_problems(params.codecs)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
     series = params.series()
     for anchor in params.report.anchors:

@@ -11,6 +11,7 @@ from pydantic import (
     StringConstraints,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from icmflow.core.storage import check_url, is_url
@@ -60,16 +61,38 @@ class SamParams(Section):
 
 
 class EdgesParams(Section):
-    """SAM edge masks (SA-ICM) for the datasets listed; SAM's automatic mask generator settings."""
+    """SAM edge masks (SA-ICM) for the datasets listed: how edges are drawn, and SAM's
+    automatic mask generator settings (`alpha` is its `pred_iou_thresh`)."""
 
     datasets: list[str] = Field(default_factory=list)
+    method: Literal["canny", "boundary"] = Field(
+        "canny",
+        description="canny: SA-ICM's Canny edges of SAM's segmentation map; boundary: the "
+        "union of each mask's boundary",
+    )
+    alpha: float = Field(
+        0.88,
+        ge=0,
+        le=1,
+        description="SA-ICM's confidence α: the masks SAM predicts an IoU above it for are kept "
+        "(SAM's pred_iou_thresh)",
+    )
     points_per_side: int = Field(32, gt=0)
     points_per_batch: int = Field(64, gt=0)
-    pred_iou_thresh: float = Field(0.88, ge=0, le=1)
     stability_score_thresh: float = Field(0.95, ge=0, le=1)
     box_nms_thresh: float = Field(0.7, ge=0, le=1)
     min_region_area: int = Field(0, ge=0)
     edge_width: int = Field(1, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pred_iou_thresh" in data:
+            raise ValueError(
+                "pred_iou_thresh is now alpha (SA-ICM's confidence α, which is SAM's "
+                "pred_iou_thresh): rename the key"
+            )
+        return data
 
 
 class TrainParams(Section):
