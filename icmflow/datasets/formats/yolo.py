@@ -41,7 +41,7 @@ def read_names(path: Path) -> dict[int, str]:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(
-            path, "", "dataset YAML not found; check `dataset_yaml` in params.yaml"
+            path, "", "dataset YAML not found; check `dataset_yaml` in the params file"
         ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InputError(path, "", f"not valid YAML ({err}); fix or export it again") from None

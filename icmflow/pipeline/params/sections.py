@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -13,7 +13,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A part of params.yaml: unknown keys are errors, and so are infinite and NaN numbers
+    (`.inf` passes `gt=0`, and training on it runs every step on NaN)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SampleParams(Section):
@@ -98,8 +101,13 @@ class TrainParams(Section):
 
 
 def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s fields, each optional (None: not overridden) with its constraints kept."""
     return {
-        name: (info.annotation | None, Field(None, description=info.description))
+        name: (
+            (Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+            | None,
+            Field(None, description=info.description),
+        )
         for name, info in model.model_fields.items()
     }
 
