@@ -241,7 +241,7 @@ def test_a_read_only_output_folder_is_named(project, read_only):
     finally:
         (project / "data").chmod(0o755)
     assert result.exit_code == 1, result.output
-    assert "data/prepared/sample: permission denied: make it writable" in result.output
+    assert "data/prepared/sample: permission denied: give this user access" in result.output
     assert not (project / "data" / "prepared").exists()
 
 

@@ -52,14 +52,14 @@ _STORAGE_ERRORS = {
     errno.ENOSPC: "no space left on the device: free some (or write the project elsewhere)",
     errno.EDQUOT: "disk quota exceeded: free some space (or write the project elsewhere)",
     errno.EROFS: "the file system is read-only: run where the project can be written",
-    errno.EACCES: "permission denied: make it writable (or run where the project can be)",
-    errno.EPERM: "not permitted: make it writable (or run where the project can be)",
+    errno.EACCES: "permission denied: give this user access (write access, for an output)",
+    errno.EPERM: "not permitted: give this user access (write access, for an output)",
 }
-"""Write failures a user fixes (a full disk, a read-only folder) and what to do about them."""
+"""File system failures a user fixes (a full disk, a read-only folder) and how."""
 
 
 def _storage_problem(err: OSError) -> str | None:
-    """The one-line message of a write failure the user can fix; None for anything else."""
+    """The one-line message of a failure the user can fix; None for anything else."""
     fix = _STORAGE_ERRORS.get(err.errno)  # type: ignore[arg-type]
     if fix is None:
         return None
