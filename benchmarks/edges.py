@@ -98,7 +98,7 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no images in {args.folder} (set ICMFLOW_SAMPLES or --folder)")
     images = [read_rgb(p) for p in files[: args.images + 1]]  # the first one warms up
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     checkpoint = str(args.checkpoint) if args.checkpoint else None
     model = build_model(SamSpec(args.model_type, checkpoint), device)
     thresholds = {} if checkpoint else {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}

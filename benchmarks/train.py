@@ -151,7 +151,7 @@ def main() -> None:
     files = sorted(p for p in args.images.glob("*") if p.suffix.lower() in (".png", ".jpg"))
     if not files:
         raise SystemExit(f"no images in {args.images}: pass --images or set ICMFLOW_SAMPLES")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     initial = create_model(args.arch, seed=0, N=args.N, M=args.M)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -12,7 +12,12 @@ import yaml
 from icmflow.codecs.architectures import create_model
 from icmflow.coding.bitstream import Bitstream, pack, unpack
 from icmflow.coding.classical import CLASSICAL
-from icmflow.coding.coded_dataset import add_cityscapes_layout, coded_split, encode_dataset
+from icmflow.coding.coded_dataset import (
+    add_cityscapes_layout,
+    coded_split,
+    encode_dataset,
+    read_bytes_per_image,
+)
 from icmflow.coding.learned import LearnedCodec
 from icmflow.core.errors import BitstreamError, ProblemLog, UnknownNameError
 from icmflow.datasets.coco import normalise
@@ -124,6 +129,38 @@ def test_coded_dataset_holds_exactly_what_the_bitstreams_decode_to(
     pixels = sum(im["width"] * im["height"] for im in val.images)
     assert summary["bpp"] == pytest.approx(total_bits / pixels)
     assert json.loads((tmp_path / "summary.json").read_text())["val"]["total_bits"] == total_bits
+
+
+def test_swapped_learned_bitstreams_decode_but_their_rate_is_refused(
+    codec, sample_prepared, tmp_path
+):
+    """Nothing in a bitstream ties it to its image: two swapped files decode without an error,
+    so the digests encode recorded are what catches them, in every reader of the rate."""
+    checkpoint = save_codec(codec, tmp_path / "codec.pth.tar", {"N": 16, "M": 16})
+    coded = tmp_path / "coded"
+    encode_dataset(learned_spec(checkpoint), {"val": sample_prepared["val"]}, coded)
+    sizes = read_bytes_per_image(coded, "val")
+    first, second = sorted((coded / "bitstreams" / "val").iterdir())[:2]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+    LearnedCodec(codec).decode(first.read_bytes())  # decodes: to the other image
+    with pytest.raises(BitstreamError) as err:
+        read_bytes_per_image(coded, "val")
+    assert str(err.value).startswith(f"{first}: ") and "rerun `icmflow encode coded`" in str(
+        err.value
+    )
+    first.write_bytes(a)
+    second.write_bytes(b)
+    assert read_bytes_per_image(coded, "val") == sizes
+    table = coded / "bpp" / "val.csv"
+    rows = list(csv.DictReader(table.open()))
+    with table.open("w", newline="") as handle:  # as an icmflow without the record wrote it
+        writer = csv.DictWriter(handle, ["image_id", "file_name", "bytes", "pixels", "bpp"])
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in writer.fieldnames} for row in rows)
+    with pytest.raises(BitstreamError, match="records no file digests"):
+        read_bytes_per_image(coded, "val")
 
 
 def test_classical_coded_dataset_counts_the_files_it_wrote(sample_prepared, tmp_path):

@@ -91,6 +91,11 @@ def test_a_trained_branch_predicts_from_the_machine_bitstream(kind, sample_prepa
         assert rate["bpp"] == pytest.approx(8 * sum(f.stat().st_size for f in files) / pixels)
         first = val.images[0]
         assert predictions[first["id"]].shape == (first["height"], first["width"])
+        first_file, second_file = files[0].read_bytes(), files[1].read_bytes()
+        files[0].write_bytes(second_file)  # swapped: decodable, but another image's
+        files[1].write_bytes(first_file)
+        with pytest.raises(BitstreamError, match=f"{files[0].name}: .* rerun `icmflow encode"):
+            predict_split(codec, tmp_path / "coded", "val")
         files[0].unlink()
         with pytest.raises(BitstreamError, match=f"{files[0].name}: missing"):
             predict_split(codec, tmp_path / "coded", "val")

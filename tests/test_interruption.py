@@ -1,5 +1,6 @@
 """SIGKILL the masks stage at random moments: reruns finish byte-identical, nothing half-done is
-ever readable as complete.
+ever readable as complete. Kill training after a saved state: the rerun's checkpoint is the
+uninterrupted run's, byte for byte.
 
 The stage runs as the real `icmflow masks` command, with its dask LocalCluster (scheduler in the
 command's process, one worker process), in its own process group. Kills alternate between the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from icmflow.core.files import replace
 from icmflow.datasets.prepared import write_prepared
 from icmflow.masks.store import MaskStore, store_attrs
+from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
 from tests.helpers.project import REPO
 
@@ -206,3 +210,54 @@ def test_replace_deletes_the_old_output_beside_the_new_one(tmp_path):
     assert [p.name for p in out.iterdir()] == ["object"]
     assert (out / "object" / "f").read_text() == "new"
     assert list(work.iterdir()) == []
+
+
+CODEC = "meanscale-mse-1"
+
+
+@pytest.fixture
+def training_project(tmp_path, sample_root, monkeypatch) -> Path:
+    """The sample, prepared, and a tiny codec to train for a few quick steps."""
+    shutil.copytree(sample_root, tmp_path / "coco")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"]["sample"]["root"] = str(tmp_path / "coco")
+    params["train"].update(steps=40, batch_size=2, patch_size=64, save_every=10, device="cpu")
+    params["codecs"][CODEC]["model_args"] = {"N": 8, "M": 8}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(app, ["prepare", "sample"]).exit_code == 0
+    return tmp_path
+
+
+def train_in_process() -> None:
+    result = CliRunner().invoke(app, ["train", CODEC])
+    assert result.exit_code == 0, result.output
+
+
+def test_training_killed_after_a_saved_state_resumes_to_the_same_bytes(training_project):
+    """SIGKILL once a state is saved: the rerun's checkpoint and log are byte for byte those of
+    an uninterrupted run (every random generator is restored, not reseeded)."""
+    project, paths = training_project, Paths(training_project)
+    train_in_process()
+    reference = paths.checkpoint(CODEC).read_bytes(), paths.train_log(CODEC).read_text()
+    shutil.rmtree(paths.model(CODEC))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [str(BIN / "icmflow"), "train", CODEC],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(project / "stderr.log").open("ab"),
+        start_new_session=True,
+    )
+    state = paths.work("train", CODEC) / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        assert process.poll() is None, (project / "stderr.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no state saved in 120 s"
+        time.sleep(0.01)
+    kill(process, group=True)
+    assert not paths.checkpoint(CODEC).exists(), "training finished before the kill"
+    train_in_process()  # resumes from the saved state
+    assert paths.train_log(CODEC).read_text() == reference[1]
+    assert paths.checkpoint(CODEC).read_bytes() == reference[0]

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_cross_references_are_checked(tmp_path, defaults):
 
 def test_unknown_codec_lookup():
     params = load_params(REPO / "params.yaml")
-    with pytest.raises(ParamsError, match=r"not in params\.yaml codecs"):
+    with pytest.raises(ParamsError, match=f"not in {re.escape(str(REPO / 'params.yaml'))} codecs"):
         params.codec("object-123")
     with pytest.raises(ParamsError, match="is a jpeg codec: it is not trained"):
         params.learned("jpeg-q10")
@@ -288,3 +289,78 @@ def test_roi_entries_wrap_a_learned_codec(tmp_path, defaults):
     defaults["codecs"]["roi-1"] = {"family": "roi", "codec": learned, "qf": 0.5}
     with pytest.raises(ParamsError, match=r"codecs\.roi-1\.qf: Input should be greater"):
         load_params(write(tmp_path, defaults))
+
+
+def test_a_key_given_twice_is_named_with_both_lines(tmp_path):
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("train:")) + 1
+    lines.insert(at, "  steps: 5")  # an earlier `steps` than the file's own
+    first = at + 1
+    second = next(i for i, line in enumerate(lines) if line.startswith("  steps:") and i > at) + 1
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert f"train.steps: given twice (lines {first} and {second})" in str(err.value)
+
+
+def test_merged_keys_may_be_overridden(tmp_path, defaults):
+    """A `<<` merge then a key of the same name is YAML's override, not a key given twice."""
+    path = tmp_path / "params.yaml"
+    defaults.pop("sample", None)
+    path.write_text(
+        "x-shared: &n {train_images: 4}\n"
+        + yaml.safe_dump(defaults)
+        + "sample:\n  <<: *n\n  train_images: 6\n"
+    )
+    with pytest.raises(ParamsError) as err:  # only x-shared, no section, is refused
+        load_params(path)
+    assert "x-shared: unknown key" in str(err.value) and "twice" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("key", ["lmbda", "train.lr", "codec train.lr"])
+def test_infinite_or_nan_rates_and_lambdas_are_refused(tmp_path, defaults, key, value):
+    name = next(n for n, e in defaults["codecs"].items() if e["family"] == "learned")
+    if key == "lmbda":
+        defaults["codecs"][name]["lmbda"], named = value, f"codecs.{name}.lmbda"
+    elif key == "train.lr":
+        defaults["train"]["lr"], named = value, "train.lr"
+    else:
+        defaults["codecs"][name]["train"], named = {"lr": value}, f"codecs.{name}.train.lr"
+    with pytest.raises(ParamsError, match=f"{re.escape(named)}: Input should be a finite number"):
+        load_params(write(tmp_path, defaults))
+
+
+@pytest.mark.parametrize(
+    ("model_args", "problem"),
+    [
+        ({"N": 0, "M": 8}, "N must be a positive integer (got 0)"),
+        ({"N": -8, "M": 8}, "N must be a positive integer (got -8)"),
+        ({"N": 8, "M": 8.5}, "M must be a positive integer (got 8.5)"),
+        ({"N": "8", "M": 8}, "N must be a positive integer (got '8')"),
+        ({"N": True, "M": 8}, "N must be a positive integer (got True)"),
+    ],
+)
+def test_model_sizes_must_be_positive_integers(tmp_path, defaults, model_args, problem):
+    name = next(n for n, e in defaults["codecs"].items() if e["family"] == "learned")
+    defaults["codecs"][name]["model_args"] = model_args
+    with pytest.raises(ParamsError) as err:
+        check_registered(load_params(write(tmp_path, defaults)))
+    assert f"codecs.{name}.model_args: " in str(err.value) and problem in str(err.value)
+
+
+def test_tcm_block_and_head_lists_are_sizes_too(tmp_path, defaults):
+    defaults["codecs"]["tcm-1"] = {
+        "family": "learned",
+        "arch": "tcm",
+        "model_args": {"config": [1, 1, 0, 1, 1, 1], "head_dim": 8, "drop_path_rate": 0.1},
+        "objective": "mse",
+        "lmbda": 0.01,
+    }
+    with pytest.raises(ParamsError) as err:
+        check_registered(load_params(write(tmp_path, defaults)))
+    message = str(err.value)
+    assert "config must be a list of positive integers (got [1, 1, 0, 1, 1, 1])" in message
+    assert "head_dim must be a list of positive integers (got 8)" in message
+    assert "drop_path_rate" not in message

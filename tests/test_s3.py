@@ -267,3 +267,29 @@ def test_storage_root_must_be_a_url_fsspec_can_write():
         StorageParams(root="/mnt/shared")
     with pytest.raises(ValueError, match="unknown storage protocol"):
         check_url("nosuch://bucket")
+
+
+def test_a_bucket_without_credentials_stops_the_stages_naming_storage_root(
+    s3, tmp_path, monkeypatch
+):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["storage"] = {"root": f"s3://{BUCKET}/no-credentials"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    try:
+        with monkeypatch.context() as env:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                env.delenv(key)
+            env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+            env.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+            env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask either
+            s3fs.S3FileSystem.clear_instance_cache()
+            for command in (["masks", "sample"], ["encode", "jpeg-q10"]):
+                result = CliRunner().invoke(app, command)
+                output = result.output
+                assert result.exit_code == 1, output
+                assert f"storage.root s3://{BUCKET}/no-credentials: cannot write there" in output
+                assert "NoCredentialsError" in output and "AWS_ACCESS_KEY_ID" in output
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # the next tests' instances have credentials
+    assert not s3.exists(f"{BUCKET}/no-credentials")

@@ -14,7 +14,13 @@ from icmflow.masks.build import build_store
 from icmflow.masks.store import pack
 from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES, Objective, rate_bpp
-from icmflow.training.trainer import TrainSettings, configure_optimizers, read_log, train_codec
+from icmflow.training.trainer import (
+    DivergedError,
+    TrainSettings,
+    configure_optimizers,
+    read_log,
+    train_codec,
+)
 from tests.helpers.builders import save_trained, tiny_training
 
 
@@ -181,6 +187,52 @@ def test_training_resumes_from_saved_state(sample_prepared, tmp_path, monkeypatc
     tiny_training(sample_prepared["train"], None, tmp_path, state_path=state, save_every=2)
     steps = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3", "4"]
+
+
+def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(
+    sample_prepared, tmp_path, monkeypatch
+):
+    """Ctrl-C after a saved state: the resumed steps draw the same quantisation noise, as every
+    random generator is restored."""
+    data = sample_prepared["train"]
+    whole = tiny_training(data, None, tmp_path / "whole", steps=6)
+    original, calls = OBJECTIVES["mse"].forward, {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the state of step 4 was saved
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    state = tmp_path / "resumed" / "state.pt"
+    monkeypatch.setattr(OBJECTIVES["mse"], "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_training(data, None, tmp_path / "resumed", steps=6, state_path=state, save_every=2)
+    monkeypatch.undo()
+    torch.rand(7)  # whatever the process drew meanwhile must not matter
+    resumed = tiny_training(data, None, tmp_path / "resumed", steps=6, state_path=state)
+    assert (tmp_path / "resumed" / "log.csv").read_text() == (
+        tmp_path / "whole" / "log.csv"
+    ).read_text()
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+class Diverging(Objective):
+    def forward(self, output, batch):
+        bpp = rate_bpp(output, batch["x"])
+        return {"loss": bpp * float("nan"), "bpp": bpp}
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_an_error(sample_prepared, tmp_path):
+    with pytest.raises(DivergedError, match="the loss is nan at step 1: training diverged"):
+        train_codec(
+            create_model("bmshj2018-hyperprior", seed=0, N=8, M=8),
+            Diverging(lmbda=1.0),
+            TrainingCrops(sample_prepared["train"], {}, 64),
+            TrainSettings(steps=30, batch_size=2, lr=1e-3, aux_lr=1e-3),
+            log_path=tmp_path / "log.csv",
+        )
 
 
 def test_channels_last_trains_the_same_codec_within_float_tolerance(sample_prepared, tmp_path):

@@ -44,6 +44,44 @@ def _accepted_arguments(cls: type) -> set[str] | None:
     return None
 
 
+def _size_kind(parameter: inspect.Parameter) -> str | None:
+    """`int` for a constructor parameter that is a size (a channel or block count: typed int,
+    an int default, or CompressAI's untyped, required `N` and `M`), `ints` for a sequence of
+    sizes, None for anything else."""
+    annotation, default = parameter.annotation, parameter.default
+    if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        return None
+    if annotation is not parameter.empty:
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        text = str(text).replace(" ", "")
+        if text == "int":
+            return "int"
+        return "ints" if text.endswith("[int]") or text.endswith("[int,...]") else None
+    if default is parameter.empty or (isinstance(default, int) and not isinstance(default, bool)):
+        return "int"
+    sizes = isinstance(default, (list, tuple)) and default
+    return "ints" if sizes and all(type(v) is int for v in default) else None
+
+
+def _is_size(value: Any) -> bool:
+    return type(value) is int and value > 0
+
+
+def _size_problems(cls: type, model_args: dict[str, Any]) -> list[str]:
+    """The model_args that should be sizes and are not positive integers."""
+    parameters = inspect.signature(cls).parameters
+    problems = []
+    for key, value in model_args.items():
+        kind = _size_kind(parameters[key]) if key in parameters else None
+        if kind == "int" and not _is_size(value):
+            problems.append(f"{key} must be a positive integer (got {value!r})")
+        elif kind == "ints" and not (
+            isinstance(value, list) and value and all(_is_size(v) for v in value)
+        ):
+            problems.append(f"{key} must be a list of positive integers (got {value!r})")
+    return problems
+
+
 def model_args_problem(name: str, model_args: dict[str, Any]) -> str | None:
     """Why `model_args` do not fit the constructor of `name`, without building the model."""
     cls = architecture(name)
@@ -56,6 +94,8 @@ def model_args_problem(name: str, model_args: dict[str, Any]) -> str | None:
         inspect.signature(cls).bind(**model_args)
     except TypeError as err:
         return f"{name} does not take these model_args: {err}"
+    if problems := _size_problems(cls, model_args):
+        return f"{name}: " + "; ".join(problems)
     return None
 
 

@@ -14,7 +14,9 @@ reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next
   `data.yaml`: the same annotations for ultralytics (class indices: the categories in id
   order, `yolo_classes`; `train` and `val` name the first split when no split has that name,
   as ultralytics needs both);
-- `bpp/<split>.csv`: per image, bitstream bytes, pixels and bpp;
+- `bpp/<split>.csv`: per image, bitstream bytes, pixels and bpp, and the record that every
+  reader of the rate checks the files against (`icmflow.coding.manifest`: the bitstream's path
+  and SHA-256, the decoded PNG's SHA-256);
 - for Cityscapes sources, `cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png` (links to
   the decoded PNGs, named as the originals) and `cityscapes/gtFine/<split>/` (the source's
   ground truth, copied: it is not coded), the layout Cityscapes tools read
@@ -27,7 +29,8 @@ in one request), and images whose bitstream and PNG already exist are not encode
 interrupted run resumes where it stopped. `_BUILDING` holds the fingerprint of the build in
 progress (a folder holding another build's marker is emptied first); `_COMPLETE`, written last,
 makes the dataset readable (`coded_split`, `read_bytes_per_image` refuse one without it), which
-is what keeps a dataset written in place on an object store atomic.
+is what keeps a dataset written in place on an object store atomic. `read_bytes_per_image` also
+refuses a dataset whose files no longer are what encode wrote.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from icmflow.coding.image_codec import CodecSpec, RegionCodecSpec
+from icmflow.coding.manifest import BITSTREAM, DECODED_SHA256, SHA256, Written, check_rows
 from icmflow.core.completion import COMPLETE, completed, mark_complete, require_complete
 from icmflow.core.errors import InputError, MissingInputError
 from icmflow.core.files import remove, write_bytes, write_csv, write_json, write_text
@@ -58,7 +62,7 @@ from icmflow.masks.store import MaskStore
 DECODED_PNG_LEVEL = 1
 """zlib level of the decoded PNGs: writing them at the default 6 took 15 % of a learned codec's
 encode time on a CPU; at 1 they are about 6 % larger (Kodak, JPEG-like content)."""
-BPP_FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp")
+BPP_FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp", BITSTREAM, SHA256, DECODED_SHA256)
 BUILDING = "_BUILDING"
 """The marker of a build in progress: its fingerprint."""
 
@@ -94,27 +98,31 @@ def coded_split(coded_dir: Path | str, split: str) -> Path:
 
 def _encode_images(
     spec: CodecSpec | RegionCodecSpec, out: str, split: str, images: list[tuple[str, str, int]]
-) -> int:
+) -> dict[str, Written]:
     """Encode (source path, file stem, image id) triples into split `split` of `out` (with
-    each image's ROI, for a `RegionCodecSpec`); returns the count."""
+    each image's ROI, for a `RegionCodecSpec`); what was written, by stem."""
     codec = spec.build()
     stores = dict(getattr(spec, "region_stores", ()))
     regions = MaskStore(stores[split]) if stores else None
+    written = {}
     for source, stem, image_id in images:
+        name = f"{stem}{spec.suffix}"
         bitstream, decoded = (
-            location(out) / "bitstreams" / split / f"{stem}{spec.suffix}",
+            location(out) / "bitstreams" / split / name,
             location(out) / "images" / split / f"{stem}.png",
         )
-        if bitstream.is_file() and decoded.is_file():
-            continue  # done by an earlier, interrupted run
+        if bitstream.is_file() and decoded.is_file():  # done by an earlier, interrupted run
+            written[stem] = Written.of(name, bitstream.read_bytes(), decoded.read_bytes())
+            continue
         rgb = read_rgb(source)
         if regions is None:
             coded = codec.encode(rgb)
         else:
             coded = codec.encode_region(rgb, _region(regions, image_id))
-        write_png(decoded, coded.decoded, compress_level=DECODED_PNG_LEVEL)
+        png = write_png(decoded, coded.decoded, compress_level=DECODED_PNG_LEVEL)
         write_bytes(bitstream, coded.data)  # last: its presence marks the image done
-    return len(images)
+        written[stem] = Written.of(name, coded.data, png)
+    return written
 
 
 def _region(store: MaskStore, image_id: int) -> np.ndarray:
@@ -184,33 +192,41 @@ def _encode_split(
     ]
     tasks = [jobs[i : i + images_per_task] for i in range(0, len(jobs), images_per_task)]
     args = (spec, str(out), split)
+    written: dict[str, Written] = {}
     with tqdm(total=len(jobs), desc=f"encode {split}", unit="img") as bar:
         if client is None:
             for task in tasks:
-                bar.update(_encode_images(*args, task))
+                written |= _encode_images(*args, task)
+                bar.update(len(task))
         else:
             futures = [client.submit(_encode_images, *args, task, pure=False) for task in tasks]
             for future in as_completed(futures):
-                bar.update(future.result())
-    return _write_index(dataset, stems, out, split, spec.suffix)
+                done = future.result()
+                written |= done
+                bar.update(len(done))
+    return _write_index(dataset, stems, out, split, written)
 
 
 def _write_index(
-    dataset: PreparedDataset, stems: list[str], out: Path, split: str, suffix: str
+    dataset: PreparedDataset,
+    stems: list[str],
+    out: Path,
+    split: str,
+    written: dict[str, Written],
 ) -> dict:
-    """The bpp table and annotations of a split whose images are all coded (as `stems`); its
-    summary."""
+    """The bpp table (with what was `written`, by stem) and annotations of a split whose images
+    are all coded (as `stems`); its summary."""
     rows, images = [], []
     for image, stem in zip(dataset.images, stems, strict=True):
-        size = (out / "bitstreams" / split / f"{stem}{suffix}").stat().st_size
-        pixels = image["width"] * image["height"]
+        files, pixels = written[stem], image["width"] * image["height"]
         rows.append(
             {
                 "image_id": image["id"],
                 "file_name": f"{stem}.png",
-                "bytes": size,
+                "bytes": files.size,
                 "pixels": pixels,
-                "bpp": 8 * size / pixels,
+                "bpp": 8 * files.size / pixels,
+                **files.fields(),
             }
         )
         images.append({**image, "file_name": f"{stem}.png"})
@@ -251,8 +267,11 @@ def add_cityscapes_layout(out: Path, split: str, ground_truth: Path) -> None:
 
 
 def read_bytes_per_image(coded_dir: Path | str, split: str) -> dict[int, int]:
-    """Bitstream bytes of each image id of one split of a complete coded dataset."""
+    """Bitstream bytes of each image id of one split of a complete coded dataset, once every
+    bitstream and decoded PNG of the split is checked against what encode recorded."""
     _require_complete(coded_dir)
-    table = (location(coded_dir) / "bpp" / f"{split}.csv").read_text()
-    rows = csv.DictReader(io.StringIO(table, newline=""))
-    return {int(row["image_id"]): int(row["bytes"]) for row in rows}
+    folder = location(coded_dir)
+    table = folder / "bpp" / f"{split}.csv"
+    rows = list(csv.DictReader(io.StringIO(table.read_text(), newline="")))
+    fix = f"rerun `icmflow encode {folder.name}`"
+    return check_rows(rows, table, folder / "bitstreams" / split, folder / "images" / split, fix)

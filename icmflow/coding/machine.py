@@ -5,7 +5,8 @@ for its task, one machine bitstream per image of the coded split under `machine/
 
 - `machine/<split>/<stem>.bin`: the hyper-latent, the gate's selected channels of ŷ (coded
   with their own scales) and the gate's decision, in the format of `icmflow.coding.bitstream`;
-- `machine/<split>.csv`: per image, its bytes, pixels, bpp and the channels kept.
+- `machine/<split>.csv`: per image, its bytes, pixels, bpp, the channels kept and the file's
+  SHA-256, which `predict_split` checks every file against (`icmflow.coding.manifest`).
 
 The machine rate counts these files (headers included). `MachineCodec.decode` returns the task's
 prediction from a file alone, in the task network's classes: a class map, or detections.
@@ -32,6 +33,7 @@ from icmflow.codecs.compressed_domain import (
     task_tail,
 )
 from icmflow.coding.learned import PAD_MULTIPLE, read_bitstream, to_tensor
+from icmflow.coding.manifest import SHA256, check_file, require_record, sha256
 from icmflow.coding.reproducible import fixed_numerics
 from icmflow.core.completion import require_complete
 from icmflow.core.errors import BitstreamError, CheckpointError
@@ -43,7 +45,7 @@ from icmflow.datasets.prepared import PreparedDataset
 from icmflow.vision.tasks.base import Detections, Prediction
 
 MACHINE = "machine"
-FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp", "kept_channels")
+FIELDS = ("image_id", "file_name", "bytes", "pixels", "bpp", "kept_channels", SHA256)
 
 
 class MachineCodec:
@@ -123,6 +125,7 @@ def write_machine_split(
                 "pixels": pixels,
                 "bpp": 8 * len(coded.data) / pixels,
                 "kept_channels": int(coded.keep.sum()),
+                SHA256: sha256(coded.data),
             }
         )
     write_csv(out / MACHINE / f"{split}.csv", rows, FIELDS)
@@ -151,6 +154,7 @@ class MachineFile:
     bytes: int
     pixels: int
     kept_channels: int
+    sha256: str
 
 
 def machine_files(coded_dir: Path | str, split: str) -> list[MachineFile]:
@@ -161,7 +165,8 @@ def machine_files(coded_dir: Path | str, split: str) -> list[MachineFile]:
         raise BitstreamError(
             f"{table}: missing; {coded_dir} is no compressed-domain codec's coded dataset"
         )
-    rows = csv.DictReader(io.StringIO(table.read_text(), newline=""))
+    rows = list(csv.DictReader(io.StringIO(table.read_text(), newline="")))
+    require_record(table, rows, (SHA256,), f"rerun `icmflow encode {location(coded_dir).name}`")
     folder = location(coded_dir) / MACHINE / split
     return [
         MachineFile(
@@ -170,6 +175,7 @@ def machine_files(coded_dir: Path | str, split: str) -> list[MachineFile]:
             int(r["bytes"]),
             int(r["pixels"]),
             int(r["kept_channels"]),
+            r[SHA256],
         )
         for r in rows
     ]
@@ -181,11 +187,9 @@ def predict_split(
     """The task's predictions decoded from one split's machine bitstreams alone, by image id,
     and their rate (`machine_summary`)."""
     files = machine_files(coded_dir, split)
+    fix = f"rerun `icmflow encode {location(coded_dir).name}`"
     predictions = {}
     for found in tqdm(files, desc=f"machine predictions {split}", unit="img"):
-        if not found.path.is_file():
-            raise BitstreamError(
-                f"{found.path}: missing from {coded_dir}; rerun its `icmflow encode`"
-            )
-        predictions[found.image_id] = codec.decode(found.path.read_bytes(), source=str(found.path))
+        data = check_file(found.path, found.bytes, found.sha256, fix)
+        predictions[found.image_id] = codec.decode(data, source=str(found.path))
     return predictions, machine_summary([vars(f) for f in files])

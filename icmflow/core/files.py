@@ -58,7 +58,10 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes `final` only if the block completes."""
     tmp = _temporary_sibling(final)
     remove(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:  # a read-only folder, say: name what was to be written
+        raise OSError(err.errno, err.strerror, str(final)) from err
     try:
         yield tmp
     except BaseException:
@@ -67,15 +70,33 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     replace(tmp, final)
 
 
+@contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary path to write that becomes `final` only if the block completes; a
+    failed write (a full disk, say) leaves neither it nor a half-written `final` behind, and
+    its `OSError` names `final` (a failed `write` names no file)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(final)) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename (a URL: one object)."""
     if is_url(path):
         write_object(location(path), data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -19,6 +19,11 @@ from typing import Any
 import fsspec
 from upath import UPath
 
+from icmflow.core.errors import IcmflowError
+
+PROBE = ".icmflow-probe"
+"""The object `require_writable` writes and deletes."""
+
 
 def is_url(path: Any) -> bool:
     """True for a `protocol://…` string (an fsspec URL) or a `UPath`, false for a local path
@@ -53,6 +58,23 @@ def write_object(path: Path, data: bytes) -> None:
     if path.protocol in ("file", "local"):
         path.parent.mkdir(parents=True, exist_ok=True)
     path.fs.pipe_file(path.path, data)
+
+
+def require_writable(url: str, setting: str) -> None:
+    """Write and delete a probe object under `url` (the value of the param `setting`), so that
+    missing credentials, a missing bucket or a refusal stop a stage before any work, with an
+    error naming the setting, instead of failing in every worker."""
+    probe = location(url) / PROBE
+    try:
+        write_object(probe, b"")
+        probe.fs.rm(probe.path)
+    except Exception as err:  # each filesystem raises its own types (botocore, gcsfs, ...)
+        raise IcmflowError(
+            f"{setting} {url}: cannot write there ({type(err).__name__}: {err}); give the "
+            "filesystem its credentials as its own configuration expects them (S3: the "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables or ~/.aws, and AWS_ENDPOINT_URL "
+            "for MinIO), create the bucket, or fix the URL"
+        ) from None
 
 
 def remove_tree(path: Path) -> None:

@@ -89,7 +89,7 @@ def load_json(path: Path) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(path, "", "file not found; check the path in params.yaml") from None
+        raise InputError(path, "", "file not found; check its path in the params file") from None
     except UnicodeDecodeError as err:
         raise InputError(path, f"byte {err.start}", "not UTF-8 text: is it a JSON file?") from None
     try:

@@ -31,7 +31,7 @@ def ignored_region_counts(policy: IgnoredRegions, count: int) -> dict[str, int]:
 def require_folder(path: Path, what: str) -> None:
     if not path.is_dir():
         raise InputError(
-            path, "", f"{what} folder not found; check the dataset's root and splits in params.yaml"
+            path, "", f"{what} folder not found; check the root and splits of its datasets entry"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 from pathlib import Path
@@ -47,21 +48,49 @@ def _fail(command: str, message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "no space left on the device: free some (or write the project elsewhere)",
+    errno.EDQUOT: "disk quota exceeded: free some space (or write the project elsewhere)",
+    errno.EROFS: "the file system is read-only: run where the project can be written",
+    errno.EACCES: "permission denied: give this user access (write access, for an output)",
+    errno.EPERM: "not permitted: give this user access (write access, for an output)",
+}
+"""File system failures a user fixes (a full disk, a read-only folder) and how."""
+
+
+def _storage_problem(err: OSError) -> str | None:
+    """The one-line message of a failure the user can fix; None for anything else."""
+    fix = _STORAGE_ERRORS.get(err.errno)  # type: ignore[arg-type]
+    if fix is None:
+        return None
+    where = err.filename or "a file"
+    return f"{where}: {fix}, then run this again (nothing half-written was kept)"
+
+
 def _guarded(command: str, action) -> None:
     """Run `action`; a user's problem prints its message, a bug says how to see its traceback."""
     try:
         action()
     except IcmflowError as err:
         _fail(command, str(err), 1)
+    except OSError as err:
+        if (problem := _storage_problem(err)) is None:
+            _bug(command, err)
+        _fail(command, problem, 1)
     except Exception as err:
-        if _settings.get("verbose"):
-            raise
-        _fail(
-            command,
-            f"unexpected {type(err).__name__}: {err}\n(a bug in icmflow or a library: rerun "
-            f"with `icmflow -v {command} ...` to see where it happened)",
-            2,
-        )
+        _bug(command, err)
+
+
+def _bug(command: str, err: Exception) -> None:
+    """Say that `err` is a bug and how to see its traceback (with -v: raise it)."""
+    if _settings.get("verbose"):
+        raise err
+    _fail(
+        command,
+        f"unexpected {type(err).__name__}: {err}\n(a bug in icmflow or a library: rerun "
+        f"with `icmflow -v {command} ...` to see where it happened)",
+        2,
+    )
 
 
 def _run(stage: str, *args: str) -> None:

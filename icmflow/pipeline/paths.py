@@ -75,6 +75,11 @@ class Paths:
         """Resumable work in progress: outside every DVC output, so `dvc repro` keeps it."""
         return self.root / "data" / ".work" / stage / name
 
+    def lock(self, stage: str, name: str) -> Path:
+        """The lock a run of `stage` on `name` holds (`icmflow.core.locks`): beside its work
+        folder, which a run empties and deletes."""
+        return self.work(stage, name).with_name(f"{name}.lock")
+
 
 def shared_store(storage_root: str, stage: str, name: str) -> str:
     """Where stage `stage` builds store `name` under `storage.root` (a URL), for every worker."""

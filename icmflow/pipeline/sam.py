@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from icmflow.core.errors import CheckpointError
 from icmflow.pipeline.params import Params, ParamsError
 from icmflow.runtime.devices import resolve_device, visible_gpus
@@ -14,17 +12,15 @@ def sam_spec(params: Params) -> SamSpec:
     """`params.sam` as a `SamSpec`; a missing or wrong checkpoint names `sam.checkpoint`."""
     options = params.sam
     if options.checkpoint is None:
-        raise ParamsError("sam.checkpoint is not set in params.yaml")  # params validation says how
-    device = resolve_device(options.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParamsError(f"sam.device is {options.device} but no CUDA device is visible here")
+        raise ParamsError(f"sam.checkpoint is not set in {params.source}")  # validation says how
+    device = resolve_device(options.device, "sam.device")
     if options.precision == "float16" and device.type != "cuda":
         raise ParamsError("sam.precision float16 needs a CUDA device; on CPUs use bfloat16")
     try:
         check_checkpoint(options.checkpoint, options.model_type)
     except CheckpointError as err:
         raise ParamsError(
-            f"params.yaml sam.checkpoint (model type {options.model_type}): {err}"
+            f"{params.source} sam.checkpoint (model type {options.model_type}): {err}"
         ) from None
     return SamSpec(
         model_type=options.model_type,

@@ -26,7 +26,7 @@ def base_weights(params: Params, paths: Paths, name: str) -> Path:
         weights = Path(entry.weights)
         if not weights.is_file():
             raise CheckpointError(
-                f"{weights}: task {name}'s weights file (params.yaml tasks.{name}.weights) is "
+                f"{weights}: task {name}'s weights file ({params.source} tasks.{name}.weights) is "
                 "not there; put the file there (icmflow never downloads weights) or fix the path"
             )
         return weights
@@ -42,7 +42,7 @@ def task_spec(params: Params, name: str, weights: Path) -> TaskModelSpec:
         kind=entry.kind,
         weights=weights,
         input_size=entry.input_size,
-        device=str(resolve_device(entry.device)),
+        device=str(resolve_device(entry.device, f"tasks.{name}.device")),
         options=entry.options,
     )
 

@@ -30,6 +30,11 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
     """`python -m torch.distributed.run` of `python -m icmflow <args>` on `nproc` local processes.
 

@@ -16,7 +16,7 @@ from icmflow.pipeline.provenance import write_provenance
 def run(params: Params, paths: Paths, first: str, second: str) -> None:
     check_registered(params)
     if (first, second) not in params.bit_map_pairs().values():
-        raise ParamsError(f"[{first}, {second}] is not listed in params.yaml bit_maps.pairs")
+        raise ParamsError(f"[{first}, {second}] is not listed in {params.source} bit_maps.pairs")
     models = {}
     for name in (first, second):
         checkpoint = paths.checkpoint(name)

@@ -23,7 +23,7 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
     options = params.edges
     if dataset not in options.datasets:
         raise ParamsError(
-            f"dataset {dataset!r} is not in params.yaml edges.datasets "
+            f"dataset {dataset!r} is not in {params.source} edges.datasets "
             f"({', '.join(options.datasets) or 'empty'}); add it there so that DVC tracks "
             f"edges@{dataset}"
         )

@@ -9,8 +9,9 @@ from icmflow.coding.coded_dataset import add_cityscapes_layout, encode_dataset
 from icmflow.coding.image_codec import CodecSpec, RegionCodecSpec
 from icmflow.core.errors import MissingInputError
 from icmflow.core.files import remove, replace, write_json
+from icmflow.core.locks import exclusive
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
-from icmflow.core.storage import download
+from icmflow.core.storage import download, require_writable
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.store import store_attrs
 from icmflow.pipeline.params import (
@@ -24,6 +25,7 @@ from icmflow.pipeline.params import (
 from icmflow.pipeline.paths import Paths, shared_store
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.cluster import dask_client
+from icmflow.runtime.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec | RegionCod
     from icmflow.coding.learned import LearnedCodecSpec  # PyTorch: learned codecs only
 
     check_registered(params)
+    resolve_device(params.encode.device, "encode.device")  # a GPU asked for must be there
     checkpoint = paths.checkpoint(name)
     if not checkpoint.is_file():
         raise MissingInputError(f"{checkpoint}: not found; run `icmflow train {name}` first")
@@ -88,12 +91,19 @@ def _splits(params: Params, name: str) -> list[str]:
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
+    with exclusive(paths.lock("encode", name), f"icmflow encode {name}"):
+        _run(params, paths, name)
+
+
+def _run(params: Params, paths: Paths, name: str) -> None:
     options = params.encode
+    spec = codec_spec(params, paths, name)
+    if params.storage.root is not None:
+        require_writable(params.storage.root, "storage.root")
     splits = {
         split: PreparedDataset.load(paths.prepared_split(options.dataset, split))
         for split in _splits(params, name)
     }
-    spec = codec_spec(params, paths, name)
     digests = [file_digest(dataset.path) for dataset in splits.values()]
     work = WorkDir(paths.work("encode", name), fingerprint(spec, *digests))
     if not work.resume():
@@ -104,7 +114,9 @@ def run(params: Params, paths: Paths, name: str) -> None:
     target = out if root is None else shared_store(root, "encode", name)
     # splits are coded one after the other: the parallel work is the largest split's tasks
     tasks = max(-(-len(d.images) // options.images_per_task) for d in splits.values())
-    with dask_client(options.scheduler, n_workers=options.n_workers, tasks=tasks) as client:
+    with dask_client(
+        options.scheduler, n_workers=options.n_workers, tasks=tasks, setting="encode.scheduler"
+    ) as client:
         summaries = encode_dataset(
             spec, splits, target, client=client, images_per_task=options.images_per_task
         )

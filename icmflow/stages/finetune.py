@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from icmflow.coding.coded_dataset import coded_split
 from icmflow.core.files import atomic_directory, remove
+from icmflow.core.locks import exclusive
 from icmflow.pipeline.params import Params, ParamsError
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.tasks import backend, base_weights, task_spec
@@ -13,6 +14,11 @@ from icmflow.vision.tasks.base import TrainingData, TrainSettings
 
 
 def run(params: Params, paths: Paths, codec: str, task: str) -> None:
+    with exclusive(paths.lock("finetune", f"{codec}-{task}"), f"icmflow finetune {codec} {task}"):
+        _run(params, paths, codec, task)
+
+
+def _run(params: Params, paths: Paths, codec: str, task: str) -> None:
     entry = params.task(task)
     if (codec, task) not in params.finetuned():
         raise ParamsError(f"tasks.{task}.finetune.codecs does not list {codec!r}")

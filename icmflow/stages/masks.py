@@ -12,7 +12,8 @@ from typing import Any
 from distributed import Client
 
 from icmflow.core.files import remove, replace
-from icmflow.core.storage import download
+from icmflow.core.locks import exclusive
+from icmflow.core.storage import download, require_writable
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_object_masks
 from icmflow.pipeline.params import Params, ParamsError
@@ -40,38 +41,43 @@ def build_split_stores(
 
     Finished split stores wait in the work directory, so an interrupted run resumes there. With
     `storage.root`, the workers build each store there (`shared_store`), then it is copied here.
+    A second run of the same stage on the same dataset stops while this one holds its lock.
     """
-    options = params.masks
-    work = paths.work(stage, dataset)
-    staging = work / "out"
-    splits = params.dataset(dataset).splits
-    staging.mkdir(parents=True, exist_ok=True)
-    for stale in set(staging.iterdir()) - {staging / f"{split}.zarr" for split in splits}:
-        remove(stale)
-    prepared = {
-        split: PreparedDataset.load(paths.prepared_split(dataset, split)) for split in splits
-    }
-    shards = sum(-(-len(p.images) // options.images_per_shard) for p in prepared.values())
-    with dask_client(
-        options.scheduler,
-        n_workers=options.n_workers,
-        threads_per_worker=options.threads_per_worker,
-        gpus=gpus,
-        tasks=shards,
-    ) as client:
-        for split, data in prepared.items():
-            local = staging / f"{split}.zarr"
-            if params.storage.root is None:
-                build(data, local, work / f"build-{split}", client)
-                continue
-            name = f"{dataset}/{kind}/{split}.zarr"
-            shared = shared_store(params.storage.root, stage, name)
-            build(data, shared, shared_work(params.storage.root, stage, name), client)
-            remove(local)
-            download(shared, local)
-    write_provenance(staging, f"{stage}@{dataset}", recorded)
-    replace(staging, paths.masks(kind, dataset))
-    remove(work)
+    with exclusive(paths.lock(stage, dataset), f"icmflow {stage} {dataset}"):
+        if params.storage.root is not None:
+            require_writable(params.storage.root, "storage.root")
+        options = params.masks
+        work = paths.work(stage, dataset)
+        staging = work / "out"
+        splits = params.dataset(dataset).splits
+        staging.mkdir(parents=True, exist_ok=True)
+        for stale in set(staging.iterdir()) - {staging / f"{split}.zarr" for split in splits}:
+            remove(stale)
+        prepared = {
+            split: PreparedDataset.load(paths.prepared_split(dataset, split)) for split in splits
+        }
+        shards = sum(-(-len(p.images) // options.images_per_shard) for p in prepared.values())
+        with dask_client(
+            options.scheduler,
+            n_workers=options.n_workers,
+            threads_per_worker=options.threads_per_worker,
+            gpus=gpus,
+            tasks=shards,
+            setting="masks.scheduler",
+        ) as client:
+            for split, data in prepared.items():
+                local = staging / f"{split}.zarr"
+                if params.storage.root is None:
+                    build(data, local, work / f"build-{split}", client)
+                    continue
+                name = f"{dataset}/{kind}/{split}.zarr"
+                shared = shared_store(params.storage.root, stage, name)
+                build(data, shared, shared_work(params.storage.root, stage, name), client)
+                remove(local)
+                download(shared, local)
+        write_provenance(staging, f"{stage}@{dataset}", recorded)
+        replace(staging, paths.masks(kind, dataset))
+        remove(work)
 
 
 def run(params: Params, paths: Paths, dataset: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from icmflow.core.files import atomic_directory, remove
+from icmflow.core.locks import exclusive
 from icmflow.pipeline.params import Params, ParamsError
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -11,6 +12,11 @@ from icmflow.vision.tasks.base import TrainingData, TrainSettings
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
+    with exclusive(paths.lock("task", name), f"icmflow task {name}"):
+        _run(params, paths, name)
+
+
+def _run(params: Params, paths: Paths, name: str) -> None:
     entry = params.task(name)
     training = entry.train
     if training is None:

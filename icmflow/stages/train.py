@@ -7,16 +7,21 @@ part of each batch; rank 0 alone prepares the work folder and writes the outputs
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from icmflow.codecs.architectures import create_model
 from icmflow.codecs.checkpoint import save_checkpoint
+from icmflow.core.errors import MissingInputError
 from icmflow.core.files import replace
+from icmflow.core.locks import exclusive
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.plots import plot_training_log
-from icmflow.masks.store import store_attrs
+from icmflow.masks.store import MaskStore
 from icmflow.pipeline.params import (
     CodecEntry,
     LearnedEntry,
@@ -28,7 +33,7 @@ from icmflow.pipeline.params import (
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.devices import resolve_device
-from icmflow.runtime.distributed import Group, process_group
+from icmflow.runtime.distributed import Group, launch_rank, process_group
 from icmflow.training.data import TrainingCrops, fits_in_memory
 from icmflow.training.objectives import OBJECTIVES, Objective
 from icmflow.training.targets import GroundTruth
@@ -52,9 +57,17 @@ def objective_args(params: Params, paths: Paths, name: str) -> tuple[dict, list[
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
+    """Train codec `name`; under torchrun, the first process holds the stage's lock."""
+    lock = exclusive(paths.lock("train", name), f"icmflow train {name}")
+    with lock if launch_rank() == 0 else nullcontext():
+        _run(params, paths, name)
+
+
+def _run(params: Params, paths: Paths, name: str) -> None:
     check_registered(params)
+    device = _device(params, name)  # a GPU that is not there: an error before any work
     if is_scalable(params.codec(name)):
-        _run_scalable(params, paths, name)
+        _run_scalable(params, paths, name, device)
         return
     entry, options = params.learned(name), params.training(name)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
@@ -70,10 +83,10 @@ def run(params: Params, paths: Paths, name: str) -> None:
         entry,
         options,
         dataset,
-        {kind: store_attrs(path)["fingerprint"] for kind, path in masks.items()},
+        _mask_fingerprints(masks, options.dataset),
         digests,
     )
-    with _training_group(work, options) as group:
+    with _training_group(work, device) as group:
         model = create_model(entry.arch, seed=options.seed, **entry.model_args)
         objective = objective_cls(lmbda=entry.lmbda, **arguments)
         objective.bind(model)
@@ -97,6 +110,22 @@ def run(params: Params, paths: Paths, name: str) -> None:
         work.discard()
 
 
+MASK_STAGES = {"object": "masks", "edge": "edges"}
+"""The stage that builds each kind of mask store."""
+
+
+def _mask_fingerprints(masks: dict[str, Path], dataset: str) -> dict[str, str]:
+    """The fingerprint of each mask store the objective reads; a missing store names the stage
+    to run first."""
+    for kind, path in masks.items():
+        if not path.exists():
+            raise MissingInputError(
+                f"{path}: no {kind} mask store; run `icmflow {MASK_STAGES.get(kind, 'masks')} "
+                f"{dataset}` first"
+            )
+    return {kind: MaskStore(path).attrs["fingerprint"] for kind, path in masks.items()}
+
+
 def _ground_truth(
     params: Params, paths: Paths, name: str, objective: Objective, dataset: PreparedDataset
 ) -> GroundTruth | None:
@@ -110,7 +139,7 @@ def _ground_truth(
     return GroundTruth(objective.ground_truth, mapping.to_model)
 
 
-def _run_scalable(params: Params, paths: Paths, name: str) -> None:
+def _run_scalable(params: Params, paths: Paths, name: str, device: torch.device) -> None:
     """A scalable codec's human layer on its frozen machine layer (`icmflow.codecs.scalable`)."""
     from icmflow.codecs.checkpoint import load_codec
     from icmflow.codecs.scalable import build_scalable, save_scalable
@@ -119,7 +148,7 @@ def _run_scalable(params: Params, paths: Paths, name: str) -> None:
     machine_checkpoint = paths.checkpoint(entry.machine)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
     work = _work(paths, name, entry, options, dataset, file_digest(machine_checkpoint))
-    with _training_group(work, options) as group:
+    with _training_group(work, device) as group:
         model = build_scalable(
             load_codec(machine_checkpoint),
             entry.mode,
@@ -160,11 +189,18 @@ def _work(
     )
 
 
+def _device(params: Params, name: str) -> torch.device:
+    """The device codec `name` trains on, the setting that gives it named in errors."""
+    overridden = params.codec(name).train.device is not None
+    setting = f"codecs.{name}.train.device" if overridden else "train.device"
+    return resolve_device(params.training(name).device, setting)
+
+
 @contextmanager
-def _training_group(work: WorkDir, options: TrainParams) -> Iterator[Group]:
+def _training_group(work: WorkDir, device: torch.device) -> Iterator[Group]:
     """This process's training group (alone without torchrun), once rank 0 has readied the
     work folder (resumed or new): every process may then read its state."""
-    with process_group(resolve_device(options.device)) as group:
+    with process_group(device) as group:
         if group.main and not work.resume():
             work.seal()
         group.barrier()

@@ -21,7 +21,9 @@ so a step is the step of one process on the whole batch. The quantiles stay outs
 loss, which does not depend on the data, is computed on the model itself on every process and its
 gradients averaged explicitly, so every process keeps the same quantiles. Logged terms are
 averaged over the processes; only rank 0 writes the log and the resumable state, every process
-resumes from that state.
+resumes from that state. The state holds every process's random generators (`rng`), so a resumed
+run draws the same noise as an uninterrupted one and ends with the same weights, bit for bit; it
+is read as weights only (`load_weights`), like a checkpoint.
 
 Batches are dicts of tensors (see `icmflow.training.objectives.base`); a dataset with a
 `collate` method batches its own samples (e.g. boxes of different counts).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,10 +49,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from icmflow.codecs.checkpoint import load_weights
 from icmflow.core.errors import IcmflowError
+from icmflow.core.files import atomic_file
 from icmflow.runtime.distributed import Group
 from icmflow.training.data import Seeded, StreamSampler
 from icmflow.training.objectives import Batch, Objective
+from icmflow.training.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,10 @@ Precision = Literal["float32", "bfloat16"]
 LrSchedule = Literal["multistep", "poly"]
 SYNC_EVERY = 25
 """Steps between the host's reads of the logged terms (and their all-reduce)."""
+
+
+class DivergedError(IcmflowError):
+    """The loss became infinite or NaN: every later step would be NaN too."""
 
 
 @dataclass(frozen=True)
@@ -161,15 +171,25 @@ class _State:
     def load(self) -> dict[str, Any] | None:
         if self.path is None or not self.path.is_file():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+        return load_weights(
+            self.path, "training state", f"delete {self.path.parent} to train afresh"
+        )
 
     def save(self, **state: Any) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        with atomic_file(self.path) as tmp, tmp.open("wb") as handle:
+            torch.save(state, handle)
+
+
+def _gathered_rng_state(group: Group) -> list[dict[str, Any]]:
+    """The random generators' states of every process of `group`, by rank (on rank 0)."""
+    state = rng_state(group.device)
+    if group.world == 1:
+        return [state]
+    states: list[Any] = [None] * group.world
+    dist.all_gather_object(states, state)
+    return states
 
 
 class _Log:
@@ -315,6 +335,21 @@ def _loader(data: Dataset, settings: TrainSettings, group: Group, start: int) ->
     )
 
 
+def _resume_generators(saved: dict[str, Any], group: Group, path: Path | None) -> None:
+    """Put this process's random generators where the saved run had them."""
+    generators = saved.get("rng") or []
+    if len(generators) == group.world:
+        set_rng_state(generators[group.rank], group.device)
+        return
+    log.warning(
+        "%s holds the random generators of %d processes, not %d: the resumed run draws other "
+        "noise than an uninterrupted one would",
+        path,
+        len(generators),
+        group.world,
+    )
+
+
 def train_codec(
     model: CompressionModel,
     objective: Objective,
@@ -356,7 +391,9 @@ def train_codec(
     torch.manual_seed(settings.seed + start + 100_003 * group.rank)  # the quantisation noise
     step_module = _Step(model, objective, autocast_dtype(settings.precision, device))
     runner = _distributed(step_module, group) if group.world > 1 else step_module
-    batches = iter(_loader(data, settings, group, start))
+    batches = iter(_loader(data, settings, group, start))  # draws from torch's generator
+    if saved is not None:
+        _resume_generators(saved, group, state_path)
     result = TrainResult(model, optimizer, aux_optimizer)
     train_log = _Log(log_path, rows) if group.main else None
     pending: list[tuple[int, float, torch.Tensor]] = []
@@ -371,6 +408,11 @@ def train_codec(
             result.last = dict(zip(names, row[:-1], strict=True))
             if train_log is not None:
                 train_log.add({"step": step, **result.last, "aux_loss": row[-1], "lr": lr})
+            if not math.isfinite(result.last["loss"]):  # NaN weights from here on
+                raise DivergedError(
+                    f"the loss is {result.last['loss']} at step {step}: training diverged; "
+                    "lower train.lr (or the codec's lmbda) and train again"
+                )
         pending.clear()
         bar.set_postfix(loss=f"{result.last['loss']:.4g}")
 
@@ -407,6 +449,7 @@ def train_codec(
                 saving = step % settings.save_every == 0 and step < settings.steps
                 if saving or step % SYNC_EVERY == 0 or step == settings.steps:
                     sync()
+                generators = _gathered_rng_state(group) if saving else None
                 if saving and train_log is not None:
                     train_log.flush()
                     state.save(
@@ -415,6 +458,7 @@ def train_codec(
                         optimizer=optimizer.state_dict(),
                         aux_optimizer=aux_optimizer.state_dict(),
                         scheduler=scheduler.state_dict(),
+                        rng=generators,
                         rows=train_log.rows,
                         step=step,
                     )

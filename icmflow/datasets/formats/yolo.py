@@ -47,7 +47,7 @@ def read_names(path: Path) -> dict[int, str]:
         config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=YAML_LOADER)
     except FileNotFoundError:
         raise InputError(
-            path, "", "dataset YAML not found; check `dataset_yaml` in params.yaml"
+            path, "", "dataset YAML not found; check `dataset_yaml` in the params file"
         ) from None
     except UnicodeDecodeError as err:
         raise InputError(path, f"byte {err.start}", "not UTF-8 text: is it a YAML file?") from None

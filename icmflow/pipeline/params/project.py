@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, PrivateAttr
 
 from icmflow.core.errors import IcmflowError
 from icmflow.pipeline.params.codecs import (
@@ -51,11 +53,17 @@ class Params(Section):
     tasks: dict[Name, TaskEntry] = Field(default_factory=dict)
     report: ReportParams
     bit_maps: BitMapsParams = BitMapsParams()
+    _source: Path = PrivateAttr(Path("params.yaml"))
+
+    @property
+    def source(self) -> Path:
+        """The params file these params were read from (`load_params`): what messages name."""
+        return self._source
 
     def codec(self, name: str) -> CodecEntry:
         if name not in self.codecs:
             raise ParamsError(
-                f"codec {name!r} is not in params.yaml codecs ({', '.join(self.codecs)})"
+                f"codec {name!r} is not in {self.source} codecs ({', '.join(self.codecs)})"
             )
         return self.codecs[name]
 
@@ -97,7 +105,7 @@ class Params(Section):
     def task(self, name: str) -> TaskEntry:
         if name not in self.tasks:
             raise ParamsError(
-                f"task {name!r} is not in params.yaml tasks ({', '.join(self.tasks)})"
+                f"task {name!r} is not in {self.source} tasks ({', '.join(self.tasks)})"
             )
         return self.tasks[name]
 
@@ -122,7 +130,7 @@ class Params(Section):
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
             raise ParamsError(
-                f"dataset {name!r} is not in params.yaml datasets ({', '.join(self.datasets)})"
+                f"dataset {name!r} is not in {self.source} datasets ({', '.join(self.datasets)})"
             )
         return self.datasets[name]
 

@@ -180,4 +180,4 @@ def check_registered(params: Params) -> None:
     problems += scalable_registry_problems(params) + compressed_domain_problems(params)
     if problems:
         lines = [f"  {key}: {message}" for key, message in problems]
-        raise ParamsError("params.yaml is invalid:\n" + "\n".join(lines))
+        raise ParamsError(f"{params.source} is invalid:\n" + "\n".join(lines))

@@ -23,7 +23,10 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A part of params.yaml: unknown keys are errors, and so are infinite and NaN numbers
+    (`.inf` passes `gt=0`, and training on it runs every step on NaN)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SampleParams(Section):
@@ -156,8 +159,13 @@ class TrainParams(Section):
 
 
 def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s fields, each optional (None: not overridden) with its constraints kept."""
     return {
-        name: (info.annotation | None, Field(None, description=info.description))
+        name: (
+            (Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+            | None,
+            Field(None, description=info.description),
+        )
         for name, info in model.model_fields.items()
     }
 

@@ -304,7 +304,7 @@ class TorchvisionBackend(TaskBackend):
         if settings.options:
             raise IcmflowError(
                 f"training options {sorted(settings.options)}: the torchvision loop takes none "
-                "(epochs, batch_size, lr and seed only); remove them from params.yaml"
+                "(epochs, batch_size, lr and seed only); remove them from the params file"
             )
         semantic = spec.kind == "semantic_segmentation"
         if semantic and settings.batch_size < 2:
