@@ -29,7 +29,13 @@ import yaml
 
 from icmflow.evaluation.accuracy import HEADLINES
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
-from icmflow.pipeline.params import Params, is_compressed_domain, is_scalable, is_trained
+from icmflow.pipeline.params import (
+    Params,
+    is_compressed_domain,
+    is_scalable,
+    is_secondary,
+    is_trained,
+)
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
@@ -217,6 +223,12 @@ class _Builder:
         entry = self.params.codec(name)
         if is_scalable(entry):  # the human layer trains on images and the frozen machine layer
             return [str(self.paths.prepared(options.dataset)), self.layer(entry.machine)]
+        if is_secondary(entry):  # a secondary task's branch, on the frozen primary codec
+            return [
+                str(self.paths.prepared(options.dataset)),
+                str(self.paths.checkpoint(entry.primary)),
+                *self.task_weights(entry.machine_task),
+            ]
         kinds = OBJECTIVES[self.params.learned(name).objective].mask_kinds
         inputs = [str(self.paths.prepared(options.dataset))]
         if len(kinds) == 1:

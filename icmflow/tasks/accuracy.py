@@ -2,7 +2,9 @@
 
 Detection and instance segmentation give COCO results (mAP50-95 and mAP50 of boxes, and of
 masks for instances, by pycocotools' COCOeval); semantic segmentation gives label PNGs and mIoU
-against the annotations rasterised per category (`scoring.semantic_ground_truth`).
+against the annotations rasterised per category (`scoring.semantic_ground_truth`); foreground
+extraction gives 8-bit foreground PNGs and their MAE against the object masks
+(`scoring.foreground_ground_truth`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,20 @@ from icmflow.core.errors import InputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.tasks.classes import ClassMapping
-from icmflow.tasks.predictions import coco_results, write_label_pngs, write_results
-from icmflow.tasks.scoring import score_detection, score_semantic, semantic_ground_truth
+from icmflow.tasks.predictions import (
+    coco_results,
+    quantised_foreground,
+    write_foreground_pngs,
+    write_label_pngs,
+    write_results,
+)
+from icmflow.tasks.scoring import (
+    foreground_ground_truth,
+    score_detection,
+    score_foreground,
+    score_semantic,
+    semantic_ground_truth,
+)
 from icmflow.vision.tasks.base import Prediction, TaskKind, TaskModel
 
 IOU_TYPES: dict[TaskKind, tuple[str, ...]] = {
@@ -69,8 +83,15 @@ def score_predictions(
     mapping: ClassMapping,
     out: Path,
 ) -> dict:
-    """Write the predictions under `out` (`predictions.json`, or `labels/` PNGs) and return
-    their accuracy against `dataset`'s annotations."""
+    """Write the predictions under `out` (`predictions.json`, `labels/` or `foreground/` PNGs)
+    and return their accuracy against `dataset`'s annotations."""
+    if kind == "foreground":  # scored as written: 8-bit maps
+        names = {image["id"]: image["file_name"] for image in dataset.images}
+        write_foreground_pngs(predictions, out / "foreground", names)
+        return score_foreground(
+            (foreground_ground_truth(dataset, image) for image in dataset.images),
+            (quantised_foreground(predictions[image["id"]]) / 255.0 for image in dataset.images),
+        )
     if kind == "semantic_segmentation":
         names = {image["id"]: image["file_name"] for image in dataset.images}
         write_label_pngs(predictions, mapping, out / "labels", names)

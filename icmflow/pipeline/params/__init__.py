@@ -11,9 +11,11 @@ from icmflow.pipeline.params.codecs import (
     CompressedDomainEntry,
     LearnedEntry,
     ScalableEntry,
+    SecondaryEntry,
     is_compressed_domain,
     is_learned,
     is_scalable,
+    is_secondary,
     is_trained,
 )
 from icmflow.pipeline.params.load import load_params
@@ -29,11 +31,13 @@ __all__ = [
     "Params",
     "ParamsError",
     "ScalableEntry",
+    "SecondaryEntry",
     "TrainParams",
     "check_registered",
     "is_compressed_domain",
     "is_learned",
     "is_scalable",
+    "is_secondary",
     "is_trained",
     "load_params",
 ]
