@@ -354,3 +354,19 @@ def test_a_foreground_task_takes_no_class_mapping(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"tasks\.fg: kind foreground takes no `classes`"):
         load_params(path)
+
+
+def test_the_train_stage_refuses_a_primary_checkpoint_without_a_branch(tmp_path):
+    from icmflow.codecs.checkpoint import save_untrained
+    from icmflow.core.errors import CheckpointError
+    from icmflow.pipeline.paths import Paths
+    from icmflow.stages import train
+
+    entry = {"family": "compressed-domain", "primary": "cd-2", "objective_args": {"task": "fg"}}
+    params, paths = load_params(_params(tmp_path, **{"cd-2-fg": entry})), Paths(tmp_path)
+    model = create_model("bmshj2018-hyperprior", seed=0, N=N, M=M)
+    model.update(force=True)
+    path = paths.checkpoint("cd-2")
+    save_untrained(path, model, arch="bmshj2018-hyperprior", model_args={"N": N, "M": M})
+    with pytest.raises(CheckpointError, match="holds no compressed-domain task branch"):
+        train.run(params, paths, "cd-2-fg")

@@ -14,6 +14,7 @@ from typing import Any
 
 from icmflow.codecs.architectures import create_model
 from icmflow.codecs.checkpoint import save_checkpoint
+from icmflow.core.errors import CheckpointError
 from icmflow.core.files import replace
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.datasets.prepared import PreparedDataset
@@ -164,6 +165,11 @@ def _run_secondary(params: Params, paths: Paths, name: str) -> None:
     entry, options = params.secondary(name), params.training(name)
     primary = paths.checkpoint(entry.primary)
     record = read_checkpoint(primary)
+    if TASK_BRANCH not in record.get("icmflow", {}):
+        raise CheckpointError(
+            f"{primary}: holds no compressed-domain task branch, so it is no primary codec for "
+            f"codecs.{name}; run `icmflow train {entry.primary}`"
+        )
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
     arguments, digests = objective_args(params, paths, name)
     if arguments.get("gate") == "primary":
