@@ -12,13 +12,16 @@ code on their own given ẑ. Each machine task gets a branch on its quantised la
   IGDN) maps the selected channels (stride 16) to the features a ResNet's stem hands to its first
   residual stage (stride 4, 64 channels for ResNet-50: the paper's 128×192×64 for 512×768 images);
 - the **tail** of the task network (`SegmentationTail`: the ResNet's residual stages and the
-  DeepLabV3 head; `DetectionTail`: the stages, FPN, RPN and box heads of a Faster R-CNN) does the
-  rest.
+  DeepLabV3 head; `ForegroundTail`: the same with one sigmoid output, foreground extraction;
+  `DetectionTail`: the stages, FPN, RPN and box heads of a Faster R-CNN) does the rest.
 
 The teacher of the knowledge distillation (eqs. 2–3) is the task network's own stem on the
 original image: `TaskTail.stem`, frozen. The primary task trains with the codec (eq. 4,
 `primary_loss`); secondary tasks read `ŷ.detach()` (the stop-gradient of eq. 6), so training them
-cannot change a single weight the codec's bitstreams depend on.
+cannot change a single weight the codec's bitstreams depend on. `FrozenCodec` is a trained
+primary codec so fixed, for training a secondary task's branch alone on the shared trainer: in
+eval mode whatever the trainer asks (ŷ rounded as its bitstreams decode it), without gradients
+or trainable parameters, its quantiles included.
 
 Machine bitstreams (`compress_machine`) hold the hyper-latent, the selected channels of ŷ coded
 with their own scales (and means), and the gate's decision: real bits through the entropy coder.
@@ -44,7 +47,7 @@ from torchvision.models.detection.image_list import ImageList
 from icmflow.coding.bitstream import Bitstream, pack, unpack
 from icmflow.coding.reproducible import IndexRecorder
 from icmflow.core.errors import BitstreamError
-from icmflow.vision.tasks.torchvision_backend import IMAGENET_MEAN, IMAGENET_STD
+from icmflow.vision.tasks.torchvision_backend import IMAGENET_MEAN, IMAGENET_STD, dice_loss
 
 STEM = ("conv1", "bn1", "relu", "maxpool")
 """The ResNet layers the transform module replaces."""
@@ -97,6 +100,7 @@ class ChannelGate(nn.Module):
         super().__init__()
         hidden = hidden or channels
         self.channels, self.tau = channels, tau
+        self.frozen = False
         self.net = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(channels, hidden, 1),
@@ -115,6 +119,16 @@ class ChannelGate(nn.Module):
         if self.training:
             return F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=1)[:, 1]
         return (logits[:, 1] > logits[:, 0]).to(y_hat.dtype)
+
+    def freeze(self) -> ChannelGate:
+        """No gradients, and eval mode from now on (arg-max, BatchNorm's running statistics):
+        another task's trained gate, reused as it decides."""
+        self.frozen = True
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> ChannelGate:
+        return super().train(mode and not self.frozen)
 
 
 class LatentTransform(nn.Module):
@@ -182,6 +196,23 @@ class SegmentationTail(TaskTail):
         return out
 
 
+class ForegroundTail(SegmentationTail):
+    """DeepLabV3 with one output: foreground extraction (the paper's sigmoid and Dice loss).
+
+    Targets: N×H×W 0/1 object masks; the loss is the Dice loss of the sigmoid; eval output
+    `foreground`, the N×H×W probabilities, beside the logits.
+    """
+
+    def forward(
+        self, features: torch.Tensor, size: tuple[int, int], targets: torch.Tensor | None = None
+    ) -> dict:
+        out = super().forward(features, size)
+        out["foreground"] = out["logits"][:, 0].sigmoid()
+        if targets is not None:
+            out["task_loss"] = dice_loss(out["foreground"], targets)
+        return out
+
+
 class DetectionTail(TaskTail):
     """Faster R-CNN: the residual stages, the FPN, the RPN and the box heads, at the image's own
     size (no resizing: the latent is the image's). Targets: torchvision's list of
@@ -211,13 +242,14 @@ class DetectionTail(TaskTail):
         return {"detections": detections}
 
 
-def task_tail(network: nn.Module) -> TaskTail:
-    """The tail of a torchvision DeepLabV3 or Faster R-CNN on a ResNet backbone."""
+def task_tail(network: nn.Module, *, foreground: bool = False) -> TaskTail:
+    """The tail of a torchvision DeepLabV3 (`foreground`: one sigmoid output) or Faster R-CNN
+    on a ResNet backbone."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.segmentation import DeepLabV3
 
     if isinstance(network, DeepLabV3):
-        return SegmentationTail(network)
+        return ForegroundTail(network) if foreground else SegmentationTail(network)
     if isinstance(network, FasterRCNN):
         return DetectionTail(network)
     raise ValueError(
@@ -237,6 +269,37 @@ class TaskBranch(nn.Module):
         keep = self.gate(y_hat)
         features = self.transform(y_hat * keep[:, :, None, None])
         return {"keep": keep, "features": features, **self.tail(features, size, targets)}
+
+
+class FrozenCodec(nn.Module):
+    """A trained primary codec, fixed (eq. 6's stop-gradient, and more: nothing of it trains).
+
+    `forward(x)`: ŷ as its bitstreams decode it (eval mode: rounded, around μ_y for
+    mbt2018-mean) and the likelihoods of ŷ and ẑ, without gradients and without `g_s`;
+    `train()` leaves the codec in eval mode; `aux_loss()` is logged, never minimised.
+    """
+
+    def __init__(self, codec: ScaleHyperprior):
+        super().__init__()
+        check_latent_codec(codec)
+        self.codec = codec.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenCodec:
+        self.training = mode  # the codec stays in eval mode
+        return self
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict:
+        codec = self.codec
+        y = codec.g_a(x)
+        z_hat, z_likelihoods = codec.entropy_bottleneck(hyper_latent(codec, y))
+        scales, means = gaussian_parameters(codec, z_hat)
+        y_hat, y_likelihoods = codec.gaussian_conditional(y, scales, means=means)
+        return {"y_hat": y_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def aux_loss(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.codec.aux_loss()
 
 
 @dataclass(frozen=True)

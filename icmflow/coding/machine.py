@@ -9,7 +9,8 @@ for its task, one machine bitstream per image of the coded split under `machine/
   SHA-256, which `predict_split` checks every file against (`icmflow.coding.manifest`).
 
 The machine rate counts these files (headers included). `MachineCodec.decode` returns the task's
-prediction from a file alone, in the task network's classes: a class map, or detections.
+prediction from a file alone, in the task network's classes: a class map, a foreground
+probability map, or detections.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class MachineCodec:
         except BitstreamError as err:
             raise BitstreamError(f"{source}: {err}") from None
         height, width = stream.height, stream.width
+        if "foreground" in output:
+            return output["foreground"][0, :height, :width].cpu().numpy()
         if "logits" in output:
             logits = output["logits"][0, :, :height, :width]
             return logits.argmax(0).cpu().numpy().astype(np.int64)
@@ -87,17 +90,19 @@ class MachineCodec:
 
 
 def load_machine_codec(
-    checkpoint: Path, network: nn.Module, task: str, device: str = "cpu"
+    checkpoint: Path, network: nn.Module, task: str, device: str = "cpu", *, foreground=False
 ) -> MachineCodec:
     """The codec in `checkpoint` with its trained branch for `task` on `network` (the task's
-    torchvision model, whose architecture the branch's tail is)."""
+    torchvision model, whose architecture the branch's tail is; `foreground`: a foreground
+    extraction task, one sigmoid output)."""
     branch = read_checkpoint(checkpoint).get("icmflow", {}).get(TASK_BRANCH)
     if branch is None:
         raise CheckpointError(
             f"{checkpoint}: holds no compressed-domain task branch; train the codec with "
             "family compressed-domain"
         )
-    model = CompressedDomainCodec(load_codec(checkpoint), {task: task_tail(network)}, task)
+    tail = task_tail(network, foreground=foreground)
+    model = CompressedDomainCodec(load_codec(checkpoint), {task: tail}, task)
     try:
         model.branches[task].load_state_dict(branch)
     except RuntimeError as err:

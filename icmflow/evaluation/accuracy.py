@@ -14,14 +14,19 @@ HEADLINES = {
     "detection": ("bbox_map", "bbox_map50"),
     "instance_segmentation": ("bbox_map", "bbox_map50", "segm_map", "segm_map50"),
     "semantic_segmentation": ("miou",),
+    "foreground": ("mae",),
 }
-"""The metrics each task kind reports: mAP50-95 and mAP50 (COCOeval) or mIoU."""
+"""The metrics each task kind reports: mAP50-95 and mAP50 (COCOeval), mIoU, or MAE."""
+LOWER_IS_BETTER = frozenset({"mae"})
+"""Headline metrics whose smaller values are better (BD-rates and plots treat them so)."""
 
 COLUMNS = ("task", "model", "codec", "family", "series", "setting", "bpp")
 
 
 def headline(accuracy: dict) -> dict[str, float]:
     """The headline metrics of an `accuracy.json` (None, for no ground truth, as NaN)."""
+    if "mae" in accuracy:  # foreground extraction
+        return {"mae": math.nan if accuracy["mae"] is None else float(accuracy["mae"])}
     if "miou" in accuracy:
         values = {"miou": accuracy["miou"]}
     else:

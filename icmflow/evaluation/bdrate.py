@@ -5,6 +5,9 @@ quality; negative means the test codec needs fewer bits. Each curve is first red
 operational RD curve, the points no other point beats in both rate and quality (a codec trained
 for a larger λ that ends up both dearer and worse is dominated); the note names dropped points.
 Curves with too few points left, or without overlap in quality, get no value and say why.
+A quality whose smaller values are better (a task's MAE) is compared as its negative
+(`lower_is_better`): BD-rate, an average over the common quality range, is the same for −q as
+for any decreasing affine map of q (e.g. 1 − MAE).
 """
 
 from __future__ import annotations
@@ -47,15 +50,17 @@ def bd_rate(
     test_quality: Sequence[float],
     *,
     method: str = "akima",
+    lower_is_better: bool = False,
 ) -> BDRate:
+    sign = -1.0 if lower_is_better else 1.0
     curves, notes = {}, []
     for name, rates, quality in (
         ("anchor", anchor_rates, anchor_quality),
         ("test", test_rates, test_quality),
     ):
-        kept, dropped = operational_curve(rates, quality)
+        kept, dropped = operational_curve(rates, [sign * q for q in quality])
         if dropped:
-            listed = ", ".join(f"({r:.4g} bpp, {q:.4g})" for r, q in dropped)
+            listed = ", ".join(f"({r:.4g} bpp, {sign * q:.4g})" for r, q in dropped)
             notes.append(f"{name}: dominated point(s) dropped: {listed}")
         if len(kept) < MIN_POINTS[method]:
             notes.append(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from icmflow.evaluation.accuracy import LOWER_IS_BETTER
+
 QUALITY = {"psnr": "PSNR (dB)", "object_psnr": "object-region PSNR (dB)", "ms_ssim": "MS-SSIM"}
 
 
@@ -64,7 +66,7 @@ def plot_accuracy(rows: Sequence[dict], metric: str, path: Path, title: str) -> 
                 label=f"{series} ({model})",
             )
     ax.set_xlabel("bits per pixel (bitstream bytes × 8 / pixels)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)

@@ -7,7 +7,7 @@ one classical family at several qualities); BD-rates compare series, never singl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from icmflow.evaluation.bdrate import bd_rate
 from icmflow.evaluation.plots import QUALITY
@@ -53,9 +53,10 @@ def bd_rates(
     anchors: Sequence[str],
     method: str,
     qualities: Sequence[str] = tuple(QUALITY),
+    lower_is_better: Collection[str] = (),
 ) -> list[dict]:
     """BD-rate (%) of every other series against each anchor series, per quality metric (a
-    pixel metric, or a task's accuracy)."""
+    pixel metric, or a task's accuracy; those in `lower_is_better` are better when smaller)."""
     series = sorted({r["series"] for r in rows})
     results = []
     for anchor in anchors:
@@ -69,6 +70,7 @@ def bd_rates(
                     [r["bpp"] for r in test_rows],
                     [r[quality] for r in test_rows],
                     method=method,
+                    lower_is_better=quality in lower_is_better,
                 )
                 results.append(
                     {

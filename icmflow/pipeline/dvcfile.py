@@ -34,6 +34,7 @@ from icmflow.pipeline.params import (
     is_compressed_domain,
     is_roi,
     is_scalable,
+    is_secondary,
     is_trained,
 )
 from icmflow.pipeline.params.tasks import ORIGINAL
@@ -224,6 +225,12 @@ class _Builder:
         entry = self.params.codec(name)
         if is_scalable(entry):  # the human layer trains on images and the frozen machine layer
             return [str(self.paths.prepared(options.dataset)), self.layer(entry.machine)]
+        if is_secondary(entry):  # a secondary task's branch, on the frozen primary codec
+            return [
+                str(self.paths.prepared(options.dataset)),
+                str(self.paths.checkpoint(entry.primary)),
+                *self.task_weights(entry.machine_task),
+            ]
         kinds = OBJECTIVES[self.params.learned(name).objective].mask_kinds
         inputs = [str(self.paths.prepared(options.dataset))]
         if len(kinds) == 1:

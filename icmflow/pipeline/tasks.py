@@ -9,7 +9,7 @@ from icmflow.datasets.prepared import PreparedDataset
 from icmflow.pipeline.params import Params, check_registered
 from icmflow.pipeline.paths import Paths
 from icmflow.runtime.devices import resolve_device
-from icmflow.tasks.classes import ClassMapping, class_mapping
+from icmflow.tasks.classes import ClassMapping, class_mapping, foreground_mapping
 from icmflow.tasks.semantic import SemanticTruth, cityscapes_truth, instance_truth
 from icmflow.vision.tasks.base import TASK_BACKENDS, TaskBackend, TaskModel, TaskModelSpec
 
@@ -57,6 +57,8 @@ def load_task_model(
     """The model and its mapping onto `categories` (default: `dataset`'s), both checked
     before any image."""
     model = backend(params, name).load(task_spec(params, name, weights))
+    if params.task(name).kind == "foreground":
+        return model, foreground_mapping(dataset.data["categories"])
     explicit = params.task(name).classes
     categories = dataset.data["categories"] if categories is None else categories
     return model, class_mapping(categories, model.class_names, explicit)
@@ -84,4 +86,5 @@ def machine_codec(params: Params, paths: Paths, codec: str, device: str = "cpu")
     task = params.compressed_domain(codec).machine_task
     weights = base_weights(params, paths, task)
     network = load_model(task_spec(params, task, weights), weights)
-    return load_machine_codec(paths.checkpoint(codec), network, task, device)
+    foreground = params.task(task).kind == "foreground"
+    return load_machine_codec(paths.checkpoint(codec), network, task, device, foreground=foreground)

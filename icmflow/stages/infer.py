@@ -102,6 +102,8 @@ def _machine_predictions(
 def _headline(accuracy: dict) -> str:
     if "miou" in accuracy:
         return f"mIoU {accuracy['miou']:.4f}"
+    if "mae" in accuracy:
+        return f"MAE {accuracy['mae']:.4f}"
     return ", ".join(
         f"{iou_type} mAP50-95 {scores['map']:.4f} mAP50 {scores['map50']:.4f}"
         for iou_type, scores in accuracy.items()

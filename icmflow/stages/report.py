@@ -10,7 +10,13 @@ from pathlib import Path
 from icmflow.core.errors import MissingInputError
 from icmflow.core.files import atomic_directory, write_csv, write_json, write_text
 from icmflow.evaluation.accuracy import COLUMNS as ACCURACY_COLUMNS
-from icmflow.evaluation.accuracy import HEADLINES, accuracy_row, columns, sort_rows
+from icmflow.evaluation.accuracy import (
+    HEADLINES,
+    LOWER_IS_BETTER,
+    accuracy_row,
+    columns,
+    sort_rows,
+)
 from icmflow.evaluation.plots import QUALITY, plot_accuracy, plot_rd, plot_scalable
 from icmflow.evaluation.report import (
     COLUMNS,
@@ -85,7 +91,9 @@ def _write_accuracy(params: Params, paths: Paths, rows: list[dict], out: Path) -
         for model in ("pre-trained", "fine-tuned"):
             curves = [r for r in task_rows if r["model"] == model and r["family"] != ORIGINAL]
             if curves:
-                found = bd_rates(curves, options.anchors, options.bd_method, metrics)
+                found = bd_rates(
+                    curves, options.anchors, options.bd_method, metrics, LOWER_IS_BETTER
+                )
                 bd += [{"task": task, "model": model, **b} for b in found]
         for metric in metrics:
             plot_accuracy(

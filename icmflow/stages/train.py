@@ -1,7 +1,9 @@
 """Stage `train@<codec>`: train one learned codec with its objective; save its checkpoint.
 
 Under torchrun (`train.nproc` > 1: `icmflow train` relaunches itself) every process trains its
-part of each batch; rank 0 alone prepares the work folder and writes the outputs.
+part of each batch; rank 0 alone prepares the work folder and writes the outputs. A secondary
+task's entry (compressed-domain, with `primary`) trains its branch alone on the primary's
+frozen codec; its checkpoint holds that codec as the primary's checkpoint does, and the branch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from icmflow.codecs.architectures import create_model
 from icmflow.codecs.checkpoint import save_checkpoint
-from icmflow.core.errors import MissingInputError
+from icmflow.core.errors import CheckpointError, MissingInputError
 from icmflow.core.files import replace
 from icmflow.core.locks import exclusive
 from icmflow.core.resume import WorkDir, file_digest, fingerprint
@@ -29,6 +31,7 @@ from icmflow.pipeline.params import (
     TrainParams,
     check_registered,
     is_scalable,
+    is_secondary,
 )
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -40,10 +43,16 @@ from icmflow.training.targets import GroundTruth
 from icmflow.training.trainer import TrainResult, TrainSettings, read_log, train_codec
 
 
+def _written_args(params: Params, name: str) -> dict:
+    """`objective_args` of codec `name` (learned, or a secondary task's) as params.yaml has them."""
+    entry = params.codec(name)
+    return dict((params.secondary if is_secondary(entry) else params.learned)(name).objective_args)
+
+
 def objective_args(params: Params, paths: Paths, name: str) -> tuple[dict, list[str]]:
     """Codec `name`'s `objective_args`, a task name (`task: <key of tasks>`) resolved to that
     task model's frozen task loss; and the digests of the files they read."""
-    args = dict(params.learned(name).objective_args)
+    args = _written_args(params, name)
     if "task" not in args:
         return args, []
     from icmflow.pipeline.tasks import base_weights, task_spec
@@ -68,6 +77,9 @@ def _run(params: Params, paths: Paths, name: str) -> None:
     device = _device(params, name)  # a GPU that is not there: an error before any work
     if is_scalable(params.codec(name)):
         _run_scalable(params, paths, name, device)
+        return
+    if is_secondary(params.codec(name)):
+        _run_secondary(params, paths, name)
         return
     entry, options = params.learned(name), params.training(name)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
@@ -134,7 +146,7 @@ def _ground_truth(
         return None
     from icmflow.pipeline.tasks import base_weights, load_task_model
 
-    task = str(params.learned(name).objective_args["task"])
+    task = str(_written_args(params, name)["task"])
     _, mapping = load_task_model(params, task, base_weights(params, paths, task), dataset)
     return GroundTruth(objective.ground_truth, mapping.to_model)
 
@@ -169,6 +181,72 @@ def _run_scalable(params: Params, paths: Paths, name: str, device: torch.device)
     if group.main:
         model, fields = _trained(result, entry, options)
         save_scalable(paths.checkpoint(name), model, machine_checkpoint, **fields)
+        _write_log(paths, name, entry, options)
+        work.discard()
+
+
+def _run_secondary(params: Params, paths: Paths, name: str) -> None:
+    """A secondary task's branch on its primary's frozen codec (paper 004, eq. 6)."""
+    from icmflow.codecs.checkpoint import load_codec, read_checkpoint
+    from icmflow.codecs.compressed_domain import TASK_BRANCH, FrozenCodec
+
+    entry, options = params.secondary(name), params.training(name)
+    primary = paths.checkpoint(entry.primary)
+    record = read_checkpoint(primary)
+    if TASK_BRANCH not in record.get("icmflow", {}):
+        raise CheckpointError(
+            f"{primary}: holds no compressed-domain task branch, so it is no primary codec for "
+            f"codecs.{name}; run `icmflow train {entry.primary}`"
+        )
+    dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    arguments, digests = objective_args(params, paths, name)
+    if arguments.get("gate") == "primary":
+        gate = {
+            key.removeprefix("gate."): value
+            for key, value in record["icmflow"][TASK_BRANCH].items()
+            if key.startswith("gate.")
+        }
+        arguments["primary_gate"] = gate
+    work = _work(paths, name, entry, options, dataset, file_digest(primary), digests)
+    with _training_group(work, options) as group:
+        model = FrozenCodec(load_codec(primary))
+        objective = OBJECTIVES[entry.objective](lmbda=record["icmflow"]["lambda"], **arguments)
+        objective.bind(model)
+        result = train_codec(
+            model,
+            objective,
+            TrainingCrops(
+                dataset,
+                {},
+                options.patch_size,
+                cache=_cache(options, dataset, {}),
+                targets=_ground_truth(params, paths, name, objective, dataset),
+            ),
+            _settings(options, group),
+            log_path=work.path / "train_log.csv",
+            state_path=work.path / "state.pt",
+            group=group,
+        )
+    if group.main:  # the codec as trained through (not updated: its tables are the primary's)
+        meta = record["icmflow"]
+        extra = {
+            "objective": entry.objective,
+            "lambda": meta["lambda"],
+            "final": result.last,
+            "primary": {"codec": entry.primary, "digest": file_digest(primary)},
+            **objective.checkpoint_extra(),
+        }
+        save_checkpoint(
+            paths.checkpoint(name),
+            result.model.codec.cpu(),
+            arch=meta["arch"],
+            model_args=meta["model_args"],
+            step=options.steps,
+            loss=result.last["loss"],
+            optimizer=result.optimizer,
+            aux_optimizer=result.aux_optimizer,
+            extra=extra,
+        )
         _write_log(paths, name, entry, options)
         work.discard()
 

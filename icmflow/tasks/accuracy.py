@@ -3,7 +3,8 @@
 Detection and instance segmentation give COCO results (mAP50-95 and mAP50 of boxes, and of
 masks for instances, by pycocotools' COCOeval); semantic segmentation gives label PNGs and mIoU
 against the annotations rasterised per category, or Cityscapes' 19 classes
-(`icmflow.tasks.semantic`).
+(`icmflow.tasks.semantic`); foreground extraction gives 8-bit foreground PNGs and their MAE
+against the object masks (`scoring.foreground_ground_truth`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from icmflow.core.errors import InputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.tasks.classes import ClassMapping
-from icmflow.tasks.predictions import coco_results, write_label_maps, write_results
-from icmflow.tasks.scoring import score_detection
+from icmflow.tasks.predictions import (
+    coco_results,
+    quantised_foreground,
+    write_foreground_pngs,
+    write_label_maps,
+    write_results,
+)
+from icmflow.tasks.scoring import foreground_ground_truth, score_detection, score_foreground
 from icmflow.tasks.semantic import SemanticTruth, instance_truth
 from icmflow.vision.tasks.base import Prediction, TaskKind, TaskModel
 
@@ -72,9 +79,16 @@ def score_predictions(
     *,
     semantic: SemanticTruth | None = None,
 ) -> dict:
-    """Write the predictions under `out` (`predictions.json`, or `labels/` PNGs) and return
-    their accuracy against `dataset`'s annotations (semantic maps: against `semantic`,
-    by default the annotations rasterised, `instance_truth`)."""
+    """Write the predictions under `out` (`predictions.json`, `labels/` or `foreground/` PNGs)
+    and return their accuracy against `dataset`'s annotations (semantic maps: against
+    `semantic`, by default the annotations rasterised, `instance_truth`)."""
+    if kind == "foreground":  # scored as written: 8-bit maps
+        names = {image["id"]: image["file_name"] for image in dataset.images}
+        write_foreground_pngs(predictions, out / "foreground", names)
+        return score_foreground(
+            (foreground_ground_truth(dataset, image) for image in dataset.images),
+            (quantised_foreground(predictions[image["id"]]) / 255.0 for image in dataset.images),
+        )
     if kind == "semantic_segmentation":
         truth = semantic or instance_truth(dataset)
         labels = {i: truth.predicted(mapping, p) for i, p in predictions.items()}

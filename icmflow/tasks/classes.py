@@ -17,6 +17,9 @@ import numpy as np
 
 from icmflow.core.errors import IcmflowError
 
+FOREGROUND = 1
+"""The class of every object for a foreground-extraction model (0: background)."""
+
 
 class ClassMappingError(IcmflowError):
     """A dataset's categories and a model's classes do not match; the message says how to map
@@ -68,6 +71,12 @@ class ClassMapping:
         how = "explicit" if self.explicit else "by name"
         dropped = len(set(self.class_names) - set(self._to_category))
         return f"{pairs} ({how}); {dropped} model classes dropped"
+
+
+def foreground_mapping(categories: list[dict]) -> ClassMapping:
+    """Every category of `categories` to the one class of a foreground model (1)."""
+    names = {c["id"]: c["name"] for c in categories}
+    return ClassMapping(dict.fromkeys(names, FOREGROUND), names, {FOREGROUND: "foreground"})
 
 
 def class_mapping(

@@ -7,6 +7,10 @@ Label PNG convention: one single-channel PNG per image, each pixel the category 
 predicted as, 0 meaning background / no category (so category ids must be >= 1). The PNG is
 8-bit when every category id fits (<= 255), 16-bit otherwise. It lies at the image's
 `file_name` (sub-folders kept) with the suffix `.png`, under the output folder.
+
+Foreground maps (foreground extraction) are written the same way, as 8-bit grey PNGs of the
+probability: round(p·255), as salient-object benchmarks store their maps; `read_foreground_png`
+returns the value / 255 that is scored.
 """
 
 from __future__ import annotations
@@ -97,6 +101,26 @@ def write_label_maps(
         buffer = io.BytesIO()
         Image.fromarray(maps[image_id].astype(dtype)).save(buffer, format="PNG")
         write_bytes(path, buffer.getvalue())
+
+
+def quantised_foreground(probabilities: np.ndarray) -> np.ndarray:
+    """A foreground probability map as its 8-bit PNG holds it: round(p·255), uint8."""
+    return np.rint(np.clip(probabilities, 0, 1) * 255).astype(np.uint8)
+
+
+def write_foreground_pngs(
+    predictions: dict[int, np.ndarray], out_dir: Path, file_names: dict[int, str]
+) -> None:
+    """Write each image's (H, W) foreground probabilities as an 8-bit PNG (module doc)."""
+    for image_id, probabilities in predictions.items():
+        buffer = io.BytesIO()
+        Image.fromarray(quantised_foreground(probabilities)).save(buffer, format="PNG")
+        write_bytes(label_png_path(out_dir, file_names[image_id]), buffer.getvalue())
+
+
+def read_foreground_png(out_dir: Path, file_name: str) -> np.ndarray:
+    """The foreground map of the image `file_name` under `out_dir`: (H, W) float64 in [0, 1]."""
+    return read_label_png(out_dir, file_name) / 255.0
 
 
 def read_label_png(out_dir: Path, file_name: str) -> np.ndarray:

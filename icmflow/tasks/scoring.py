@@ -16,6 +16,12 @@ predicted label it ignores. `miou` is the mean IoU over the categories present i
 truth or the predictions; an absent category has IoU None and is left out of the mean (as
 Cityscapes leaves out a class whose IoU is NaN). Pixel accuracy counts every scored pixel,
 background included.
+
+Foreground extraction (paper 004): the mean absolute error between the predicted foreground
+probability map and the object mask (every annotated object, crowds included: 1, background 0),
+per image, then averaged over the images, as salient-object benchmarks (DUTS) compute it:
+lower is better. The predictions scored are those written as 8-bit PNGs (p·255 rounded), so that
+the score can be recomputed from the files.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pycocotools.cocoeval import COCOeval
 
 from icmflow.core.errors import MissingInputError
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.datasets.rle import annotation_rle, decode
+from icmflow.datasets.rle import annotation_rle, decode, object_mask
 
 IGNORE_INDEX = 255
 
@@ -190,3 +196,28 @@ def semantic_ground_truth(
 
 def _mask(annotation: dict, height: int, width: int) -> np.ndarray:
     return decode(annotation_rle(annotation, height, width))
+
+
+def foreground_ground_truth(dataset: PreparedDataset, image: dict) -> np.ndarray:
+    """One image's object mask as an (H, W) int64 map: 1 on every annotated object (crowd
+    regions included: a group of objects is foreground), 0 on the background."""
+    annotations = dataset.annotations[image["id"]]
+    mask = object_mask(annotations, image["height"], image["width"], include_crowd=True)
+    return mask.astype(np.int64)
+
+
+def score_foreground(
+    ground_truth_masks: Iterable[np.ndarray], predicted_maps: Iterable[np.ndarray]
+) -> dict:
+    """MAE of foreground probability maps in [0, 1] against 0/1 masks: each image's mean
+    absolute error, averaged over the images (module doc); the two iterables in the same order."""
+    errors = []
+    for truth, predicted in zip(ground_truth_masks, predicted_maps, strict=True):
+        if truth.shape != predicted.shape:
+            raise ValueError(
+                f"a predicted map is {predicted.shape}, its ground truth {truth.shape}"
+            )
+        if predicted.size and not (predicted.min() >= 0 and predicted.max() <= 1):
+            raise ValueError("foreground maps are probabilities in [0, 1]")
+        errors.append(float(np.abs(predicted.astype(np.float64) - truth).mean()))
+    return {"mae": float(np.mean(errors)) if errors else None, "images": len(errors)}

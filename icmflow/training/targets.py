@@ -8,7 +8,9 @@ annotations, cropped as the image is (`TrainingCrops(..., targets=GroundTruth(..
   crop, model classes) of the non-crowd boxes whose part inside the crop keeps at least
   `MIN_VISIBLE` of their area and is at least 2 pixels wide and high;
 - `class_map`: each sample carries a P×P int64 map of model classes: background 0, crowd
-  regions `IGNORE_INDEX`, annotations painted over crowd regions in order.
+  regions `IGNORE_INDEX`, annotations painted over crowd regions in order;
+- `foreground`: each sample carries a P×P int64 object mask: 1 on every annotated object
+  (crowds included), 0 on the background (`scoring.foreground_ground_truth`).
 
 Images smaller than the crop are mirror-padded; so are class maps, and boxes get their mirror
 images in the padding, so that what the crop shows is what its targets say.
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.tasks.scoring import IGNORE_INDEX, semantic_ground_truth
+from icmflow.tasks.scoring import IGNORE_INDEX, foreground_ground_truth, semantic_ground_truth
 from icmflow.vision.tasks.differentiable import TargetKind
 
 MIN_VISIBLE = 0.3
@@ -40,7 +42,9 @@ class GroundTruth:
     """Category id -> model class; categories it leaves out are no targets."""
 
     def image_targets(self, dataset: PreparedDataset, image: dict) -> np.ndarray:
-        """One image's targets at its own size: (n, 5) boxes, or an H×W class map."""
+        """One image's targets at its own size: (n, 5) boxes, an H×W class map or object mask."""
+        if self.kind == "foreground":
+            return foreground_ground_truth(dataset, image)
         if self.kind == "boxes":
             rows = [
                 [*box_corners(a["bbox"]), self.class_of[a["category_id"]]]

@@ -124,7 +124,7 @@ def configure_optimizers(
         main += [p for p in objective.parameters() if p.requires_grad]
     return (
         torch.optim.Adam(main, lr=lr, fused=fused),
-        torch.optim.Adam(aux, lr=aux_lr, fused=fused),
+        torch.optim.Adam([{"params": aux}], lr=aux_lr, fused=fused),  # none: a frozen codec
     )
 
 
@@ -438,9 +438,10 @@ def train_codec(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
                 optimizer.step()
                 aux_loss = model.aux_loss()
-                aux_loss.backward()
-                _average_gradients(quantiles, group)
-                aux_optimizer.step()
+                if quantiles:  # a frozen codec (a secondary task's) fits none
+                    aux_loss.backward()
+                    _average_gradients(quantiles, group)
+                    aux_optimizer.step()
                 scheduler.step()
                 names = list(terms)
                 values = torch.stack([v.detach().float() for v in (*terms.values(), aux_loss)])

@@ -12,10 +12,12 @@ from icmflow.pipeline.params.codecs import (
     LearnedEntry,
     RoiEntry,
     ScalableEntry,
+    SecondaryEntry,
     is_compressed_domain,
     is_learned,
     is_roi,
     is_scalable,
+    is_secondary,
     is_trained,
 )
 from icmflow.pipeline.params.load import load_params
@@ -32,12 +34,14 @@ __all__ = [
     "ParamsError",
     "RoiEntry",
     "ScalableEntry",
+    "SecondaryEntry",
     "TrainParams",
     "check_registered",
     "is_compressed_domain",
     "is_learned",
     "is_roi",
     "is_scalable",
+    "is_secondary",
     "is_trained",
     "load_params",
 ]

@@ -9,6 +9,11 @@
   torchvision DeepLabV3 or Faster R-CNN task) gets a task branch on the latent. Its coded
   dataset holds the human images as a learned codec's does, and machine bitstreams (the gate's
   channels) beside them; infer@ of its own task predicts from those, at their rate.
+  With `primary: <a compressed-domain entry>` instead of `arch`, `lmbda`, ...: a secondary task
+  of that codec (eq. 6): only the branch of its `objective_args.task` is trained, on the
+  primary's latent, the primary's codec and branch frozen (train@ after the primary's); its
+  checkpoint holds the primary's codec unchanged and its own branch, so its human images are
+  the primary's and its machine bitstreams are ẑ and the channels its own gate keeps.
 - a classical family (`jpeg`, `webp`, `avif`, `heif`: `icmflow.coding.classical.CLASSICAL`) with
   its own settings (`quality`, ...). Gets encode@ and evaluate@.
 - `family: scalable`: scalable coding for humans and machines (`icmflow.codecs.scalable`): the
@@ -33,9 +38,9 @@ from __future__ import annotations
 
 from functools import reduce
 from operator import or_
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, model_validator
 
 from icmflow.coding.classical import CLASSICAL, PillowCodec
 from icmflow.pipeline.params.sections import NAME_PATTERN, Section, TrainOverrides
@@ -80,6 +85,63 @@ class CompressedDomainEntry(LearnedEntry):
     def machine_task(self) -> str:
         """The task its machine bitstreams are for."""
         return str(self.objective_args["task"])
+
+
+class SecondaryEntry(Section):
+    """A secondary task of compressed-domain codec `primary` (paper 004, eq. 6): the branch of
+    `objective_args.task` (gate, transform, tail) trained alone on the primary's latent."""
+
+    family: Literal["compressed-domain"]
+    primary: str = Field(
+        pattern=NAME_PATTERN,
+        description="the compressed-domain codec entry whose codec (and branch) stay frozen",
+    )
+    objective_args: dict[str, Any] = Field(default_factory=dict)
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
+    series: str | None = SeriesField
+
+    objective: ClassVar[str] = "compressed-domain-secondary"
+
+    @model_validator(mode="after")
+    def _names_its_task(self) -> SecondaryEntry:
+        if "task" not in self.objective_args:
+            raise ValueError(
+                "objective_args.task is required: the tasks entry whose branch is trained on "
+                "the primary codec's latent (a torchvision DeepLabV3 or Faster R-CNN)"
+            )
+        return self
+
+    @property
+    def machine_task(self) -> str:
+        """The task its machine bitstreams are for."""
+        return str(self.objective_args["task"])
+
+    @property
+    def series_name(self) -> str:
+        return self.series or f"secondary-{self.machine_task}"
+
+    @property
+    def setting(self) -> str:
+        return f"primary {self.primary}"
+
+
+SECONDARY_TAGS = ("primary-task", "secondary-task")
+"""The tags of the two kinds of `family: compressed-domain` entries (no keys of params.yaml)."""
+
+
+def _compressed_domain_kind(entry: Any) -> str:
+    primary = entry.get("primary") if isinstance(entry, dict) else getattr(entry, "primary", None)
+    return SECONDARY_TAGS[primary is not None]
+
+
+CompressedDomainKind = Annotated[
+    Union[  # noqa: UP007 (tagged members: the | operator does not take them)
+        Annotated[CompressedDomainEntry, Tag(SECONDARY_TAGS[0])],
+        Annotated[SecondaryEntry, Tag(SECONDARY_TAGS[1])],
+    ],
+    Discriminator(_compressed_domain_kind),
+]
+"""A `family: compressed-domain` entry: with `primary`, a secondary task's."""
 
 
 class _ClassicalSeries:
@@ -187,6 +249,28 @@ def roi_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def secondary_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
+    """Secondary tasks whose primary is no primary compressed-domain codec entry."""
+    problems = []
+    for name, entry in codecs.items():
+        if not is_secondary(entry):
+            continue
+        primary = codecs.get(entry.primary)
+        if not isinstance(primary, CompressedDomainEntry):
+            found = "not under codecs" if primary is None else f"a {primary.family} codec"
+            if is_secondary(primary):
+                found = "a secondary task's codec"
+            problems.append(
+                (
+                    f"codecs.{name}.primary",
+                    f"{entry.primary!r} is {found}: a secondary task reads the latent of a "
+                    "compressed-domain codec trained with its primary task (family "
+                    "compressed-domain, with arch and lmbda)",
+                )
+            )
+    return problems
+
+
 def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:
     return create_model(
         f"{codec.__name__}Entry",
@@ -201,7 +285,13 @@ FAMILIES = ("learned", "compressed-domain", "scalable", "roi", *CLASSICAL_ENTRIE
 CodecEntry = Annotated[
     reduce(
         or_,
-        (LearnedEntry, CompressedDomainEntry, ScalableEntry, RoiEntry, *CLASSICAL_ENTRIES.values()),
+        (
+            LearnedEntry,
+            CompressedDomainKind,
+            ScalableEntry,
+            RoiEntry,
+            *CLASSICAL_ENTRIES.values(),
+        ),
     ),
     Field(discriminator="family"),
 ]
@@ -213,7 +303,12 @@ def is_learned(entry: Any) -> bool:
 
 
 def is_compressed_domain(entry: Any) -> bool:
-    return isinstance(entry, CompressedDomainEntry)
+    """A compressed-domain codec: a primary task's, or a secondary task's."""
+    return isinstance(entry, CompressedDomainEntry | SecondaryEntry)
+
+
+def is_secondary(entry: Any) -> bool:
+    return isinstance(entry, SecondaryEntry)
 
 
 def is_scalable(entry: Any) -> bool:
@@ -226,4 +321,4 @@ def is_roi(entry: Any) -> bool:
 
 def is_trained(entry: Any) -> bool:
     """Entries with a train@ stage."""
-    return is_learned(entry) or is_scalable(entry)
+    return is_learned(entry) or is_scalable(entry) or is_secondary(entry)

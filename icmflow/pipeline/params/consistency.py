@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from icmflow.pipeline.params.codecs import is_roi, is_scalable, roi_problems, scalable_problems
+from icmflow.pipeline.params.codecs import (
+    is_roi,
+    is_scalable,
+    roi_problems,
+    scalable_problems,
+    secondary_problems,
+)
 from icmflow.pipeline.params.project import Params
 from icmflow.pipeline.params.tasks import ORIGINAL
 
@@ -49,9 +55,10 @@ def _schedule_problems(params: Params) -> list[Problem]:
 def _training_problems(params: Params) -> list[Problem]:
     problems = _split_problems(params, "train", params.train.dataset, params.train.split)
     problems += _schedule_problems(params)
-    for name in params.learned_codecs:
-        entry, train = params.learned(name), params.training(name)
-
+    for name in params.trained_codecs:
+        entry, train = params.codec(name), params.training(name)
+        if is_scalable(entry):
+            continue  # `_scalable_training_problems`
         key = f"codecs.{name}"
         task = entry.objective_args.get("task")
         if task is not None and task not in params.tasks:
@@ -220,6 +227,7 @@ def _bit_map_problems(params: Params) -> list[Problem]:
 def consistency_problems(params: Params) -> list[Problem]:
     problems = _training_problems(params) + _scalable_training_problems(params)
     problems += scalable_problems(params.codecs) + roi_problems(params.codecs)
+    problems += secondary_problems(params.codecs)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
     series = params.series()
     for anchor in params.report.anchors:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from icmflow.datasets.formats import FORMATS
-from icmflow.pipeline.params.codecs import FAMILIES
+from icmflow.pipeline.params.codecs import FAMILIES, SECONDARY_TAGS
 from icmflow.pipeline.params.consistency import consistency_problems
 from icmflow.pipeline.params.project import Params, ParamsError
 
@@ -29,6 +29,8 @@ def _describe(error: dict) -> tuple[str, str]:
     tags = {"datasets": set(FORMATS), "codecs": set(FAMILIES)}
     if len(loc) > 2 and loc[2] in tags.get(loc[0], ()):
         loc.pop(2)  # the union's tag is no key
+        if loc[0] == "codecs" and len(loc) > 2 and loc[2] in SECONDARY_TAGS:
+            loc.pop(2)  # nor is a compressed-domain entry's kind
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key (misspelt?)"

@@ -12,9 +12,11 @@ from icmflow.pipeline.params.codecs import (
     CompressedDomainEntry,
     LearnedEntry,
     ScalableEntry,
+    SecondaryEntry,
     is_compressed_domain,
     is_learned,
     is_scalable,
+    is_secondary,
     is_trained,
 )
 from icmflow.pipeline.params.datasets import DatasetParams
@@ -73,10 +75,16 @@ class Params(Section):
             raise ParamsError(f"codec {name!r} is a {entry.family} codec: it is not trained")
         return entry
 
-    def compressed_domain(self, name: str) -> CompressedDomainEntry:
+    def compressed_domain(self, name: str) -> CompressedDomainEntry | SecondaryEntry:
         entry = self.codec(name)
         if not is_compressed_domain(entry):
             raise ParamsError(f"codec {name!r} is a {entry.family} codec, not compressed-domain")
+        return entry
+
+    def secondary(self, name: str) -> SecondaryEntry:
+        entry = self.codec(name)
+        if not is_secondary(entry):
+            raise ParamsError(f"codec {name!r} is no secondary task's (it has no `primary`)")
         return entry
 
     @property
@@ -85,7 +93,7 @@ class Params(Section):
 
     @property
     def trained_codecs(self) -> list[str]:
-        """Codecs with a train@ stage: learned and scalable ones."""
+        """Codecs with a train@ stage: learned, scalable and secondary tasks' ones."""
         return [name for name, entry in self.codecs.items() if is_trained(entry)]
 
     def scalable(self, name: str) -> ScalableEntry:
@@ -95,7 +103,7 @@ class Params(Section):
         return entry
 
     def training(self, name: str) -> TrainParams:
-        """`train` with the overrides of codec `name` (learned or scalable)."""
+        """`train` with the overrides of codec `name` (learned, scalable or secondary)."""
         entry = self.codec(name)
         if not is_trained(entry):
             raise ParamsError(f"codec {name!r} is a {entry.family} codec: it is not trained")

@@ -15,6 +15,7 @@ from icmflow.pipeline.params.codecs import (
     is_compressed_domain,
     is_learned,
     is_scalable,
+    is_secondary,
 )
 from icmflow.pipeline.params.consistency import Problem, unannotated
 from icmflow.pipeline.params.project import Params, ParamsError
@@ -146,13 +147,23 @@ channels code on their own given ẑ, so a subset of them has a bitstream of its
 
 
 def compressed_domain_problems(params: Params) -> list[Problem]:
-    """Compressed-domain entries on another codec, or whose task has no ResNet tail."""
+    """Compressed-domain entries on another codec, whose task has no ResNet tail, or (secondary
+    tasks) whose objective_args their objective does not take."""
+    from icmflow.training.objectives import OBJECTIVES
+
     problems: list[Problem] = []
     for name, entry in params.codecs.items():
         if not is_compressed_domain(entry):
             continue
         key = f"codecs.{name}"
-        if entry.arch not in COMPRESSED_DOMAIN_ARCHS:
+        if is_secondary(entry):
+            try:  # λ: the primary's, which the secondary task's loss does not read
+                inspect.signature(OBJECTIVES[entry.objective]).bind(
+                    lmbda=1.0, **entry.objective_args
+                )
+            except TypeError as err:
+                problems.append((f"{key}.objective_args", f"{entry.objective}: {err}"))
+        elif entry.arch not in COMPRESSED_DOMAIN_ARCHS:
             problems.append(
                 (
                     f"{key}.arch",

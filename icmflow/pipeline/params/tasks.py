@@ -5,7 +5,9 @@ original images of a dataset (`train`, stage `task@<name>`: the demo's, since th
 pretrained detector). Every task reads the original and every coded `encode.split`
 (`infer@<source>-<task>`); `finetune` lists the codecs whose coded `encode.train_split` it is
 fine-tuned on (`finetune@<codec>-<task>`, scored on the same codec's coded `encode.split`).
-Backends are checked against their registry by `registered` (it imports them).
+Backends are checked against their registry by `registered` (it imports them). Kind
+`foreground` is foreground extraction (paper 004): a segmenter with one sigmoid output whose
+ground truth is every annotated object (the union of the instances' masks), scored by MAE.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class TaskFinetune(Section):
 
 
 class TaskEntry(Section):
-    kind: Literal["detection", "instance_segmentation", "semantic_segmentation"]
+    kind: Literal["detection", "instance_segmentation", "semantic_segmentation", "foreground"]
     backend: str = Field(
         description="a registered task backend: ultralytics | torchvision | yolov5"
     )
@@ -64,4 +66,8 @@ class TaskEntry(Section):
     def _one_source(self) -> TaskEntry:
         if (self.weights is None) == (self.train is None):
             raise ValueError("give exactly one of `weights` (a local file) and `train`")
+        if self.kind == "foreground" and self.classes is not None:
+            raise ValueError(
+                "kind foreground takes no `classes`: every annotated object is foreground"
+            )
         return self

@@ -17,7 +17,9 @@ import numpy as np
 
 from icmflow.core.registry import Registry
 
-TaskKind = Literal["detection", "instance_segmentation", "semantic_segmentation"]
+TaskKind = Literal["detection", "instance_segmentation", "semantic_segmentation", "foreground"]
+"""`foreground`: foreground extraction (paper 004): every annotated object against the
+background, a probability per pixel (a segmenter with one sigmoid output)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class Detections:
 
 
 Prediction = Detections | np.ndarray
-"""Detections, or for semantic segmentation an (H, W) int array of model classes."""
+"""Detections; for semantic segmentation an (H, W) int array of model classes; for foreground
+extraction an (H, W) float32 array of foreground probabilities in [0, 1]."""
 
 
 class TaskModel(ABC):

@@ -54,8 +54,9 @@ class BoxTargets:
 
 
 Targets = list[BoxTargets] | torch.Tensor
-"""Per image boxes (detection), or an N×H×W class map (semantic segmentation)."""
-TargetKind = Literal["boxes", "class_map"]
+"""Per image boxes (detection), an N×H×W class map (semantic segmentation), or N×H×W 0/1
+object masks (foreground extraction)."""
+TargetKind = Literal["boxes", "class_map", "foreground"]
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -431,11 +432,72 @@ class SegmentationTaskLoss(TaskLoss):
         return SegmentationHead(self.num_classes, channels)
 
 
+class ForegroundHead(SegmentationHead):
+    """`SegmentationHead` with one output, trained with the Dice loss of its sigmoid."""
+
+    def __init__(self, channels: Sequence[int], width: int = 64):
+        super().__init__(1, channels, width)
+
+    def forward(
+        self, features: list[torch.Tensor], targets: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        summed = sum(
+            F.interpolate(reduce(f), size=size, mode="bilinear", align_corners=False)
+            for reduce, f in zip(self.reduce, features, strict=True)
+        )
+        return _foreground_loss({"out": self.classify(summed)}, targets)
+
+
+def _foreground_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """The Dice loss of the sigmoid at the targets' size, plus half the auxiliary head's."""
+    from icmflow.vision.tasks.torchvision_backend import dice_loss
+
+    loss = torch.zeros((), device=targets.device)
+    for key, weight in (("out", 1.0), ("aux", 0.5)):
+        if key in outputs:
+            logits = F.interpolate(
+                outputs[key], size=targets.shape[-2:], mode="bilinear", align_corners=False
+            )
+            loss = loss + weight * dice_loss(logits[:, 0].sigmoid(), targets)
+    return loss
+
+
+class ForegroundTaskLoss(SegmentationTaskLoss):
+    """A torchvision DeepLabV3 with one sigmoid output (foreground extraction, paper 004), in
+    eval mode: the Dice loss of its foreground probabilities on x̂ against its own mask on x
+    (probability above `conf`, 0.5 by default) or the object mask."""
+
+    settings = ("conf",)
+    target_kind = "foreground"
+
+    def __init__(self, model: nn.Module, conf: float = 0.5):
+        super().__init__(model)
+        self.conf = conf
+
+    @property
+    def num_classes(self) -> int:
+        return 1
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(_imagenet(x))["out"]
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (logits[:, 0].sigmoid() > self.conf).long()
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _foreground_loss(self.model(_imagenet(x)), targets)
+
+    def head(self, channels: Sequence[int], strides: Sequence[int]) -> ForegroundHead:
+        return ForegroundHead(channels)
+
+
 def _torchvision(spec: TaskModelSpec, **options: Any) -> TaskLoss:
-    if spec.kind == "semantic_segmentation":
+    if spec.kind in ("semantic_segmentation", "foreground"):
         from icmflow.vision.tasks.torchvision_backend import load_model
 
-        return SegmentationTaskLoss(load_model(spec, Path(spec.weights)), **options)
+        loss = ForegroundTaskLoss if spec.kind == "foreground" else SegmentationTaskLoss
+        return loss(load_model(spec, Path(spec.weights)), **options)
     return RcnnTaskLoss.load(spec, **options)
 
 

@@ -9,11 +9,16 @@ always built with random weights (`weights=None, weights_backbone=None`) and the
 
 R-CNNs resize the shorter side to `input_size` themselves; DeepLabV3 gets the image with its
 shorter side resized to `input_size`, ImageNet-normalised as torchvision's weights expect, and
-returns the argmax class map at the original size. Training is a plain SGD loop: the R-CNNs' loss
-dict summed, with BatchNorm frozen when fine-tuning from `initial` (as torchvision's builders
-freeze it under pretrained weights); DeepLabV3 cross-entropy on square crops (crowd regions
-ignored) of at least 2 images a batch (BatchNorm), plus half the auxiliary loss when the model
-has that head.
+returns the argmax class map at the original size. A `foreground` model (paper 004's foreground
+extraction) is a DeepLabV3 arch with one output channel (`num_classes` 1): the sigmoid of its
+logit at the original size is the foreground probability of each pixel.
+
+Training is a plain SGD loop: the R-CNNs' loss dict summed, with BatchNorm frozen when
+fine-tuning from `initial` (as torchvision's builders freeze it under pretrained weights);
+DeepLabV3 cross-entropy on square crops (crowd regions ignored) of at least 2 images a batch
+(BatchNorm), plus half the auxiliary loss when the model has that head; a foreground model the
+same with the Dice loss of its sigmoid against the object mask (`dice_loss`; the union of the
+image's annotated objects, crowds included).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from icmflow.core.registry import Registry
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.datasets.rle import annotation_rle, decode
+from icmflow.tasks.classes import FOREGROUND
+from icmflow.tasks.scoring import foreground_ground_truth
 from icmflow.vision.tasks.base import (
     TASK_BACKENDS,
     Detections,
@@ -116,20 +123,38 @@ for _name, _entry in {
 def _arch(spec: TaskModelSpec) -> Arch:
     name = spec.options.get("arch")
     arch = ARCHS[str(name)]
-    if arch.kind != spec.kind:
+    kind = "semantic_segmentation" if spec.kind == "foreground" else spec.kind
+    if arch.kind != kind:
         raise CheckpointError(f"torchvision arch {name!r} is a {arch.kind} model, not {spec.kind}")
     return arch
 
 
 def num_classes(spec: TaskModelSpec) -> int:
+    """Output classes (background included); a foreground model has one sigmoid output."""
+    if spec.kind == "foreground":
+        if spec.options.get("num_classes", 1) != 1:
+            raise CheckpointError(
+                f"options.num_classes {spec.options['num_classes']}: a foreground model has "
+                "one output (the sigmoid's logit): set 1 or leave it out"
+            )
+        return 1
     return int(spec.options.get("num_classes", _arch(spec).num_classes))
+
+
+def dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0):
+    """The Dice loss of foreground probabilities (N×H×W) against 0/1 masks, averaged over the
+    images: 1 − (2·Σ p·g + s) / (Σ p + Σ g + s) each, `smooth` s keeping an empty mask's
+    loss finite (0 when nothing is predicted on it)."""
+    p, g = probabilities.flatten(1), targets.flatten(1).to(probabilities.dtype)
+    overlap = (p * g).sum(1)
+    return (1 - (2 * overlap + smooth) / (p.sum(1) + g.sum(1) + smooth)).mean()
 
 
 def build(spec: TaskModelSpec, *, aux_loss: bool = False) -> nn.Module:
     """The model of `spec.options["arch"]` with random weights; nothing is downloaded."""
     arch, options = _arch(spec), spec.options
     kwargs: dict = {"num_classes": num_classes(spec)}
-    if arch.kind == "semantic_segmentation":
+    if arch.kind == "semantic_segmentation":  # and foreground models
         kwargs["aux_loss"] = aux_loss
     else:
         kwargs["min_size"] = spec.input_size
@@ -196,18 +221,22 @@ class TorchvisionModel(TaskModel):
             if names
             else {i: str(i) for i in range(num_classes(spec))}
         )
+        if spec.kind == "foreground":
+            self.class_names = {FOREGROUND: "foreground"}
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         tensors = [_tensor(image, self.spec.device) for image in images]
         if self.kind == "semantic_segmentation":
-            return [self._class_map(t) for t in tensors]
+            return [self._logits(t)[0].argmax(0).cpu().numpy().astype(np.int64) for t in tensors]
+        if self.kind == "foreground":
+            return [self._logits(t)[0, 0].sigmoid().cpu().numpy() for t in tensors]
         return [self._detections(output) for output in self.model(tensors)]
 
-    def _class_map(self, image: torch.Tensor) -> np.ndarray:
+    def _logits(self, image: torch.Tensor) -> torch.Tensor:
+        """DeepLabV3's logits (1×C×H×W) at the image's own size."""
         logits = self.model(_deeplab_input(image, self.spec.input_size))["out"]
-        logits = F.interpolate(logits, size=image.shape[1:], mode="bilinear", align_corners=False)
-        return logits[0].argmax(0).cpu().numpy().astype(np.int64)
+        return F.interpolate(logits, size=image.shape[1:], mode="bilinear", align_corners=False)
 
     def _detections(self, output: dict[str, torch.Tensor]) -> Detections:
         detections = Detections(
@@ -293,7 +322,7 @@ def _freeze_batchnorm(model: nn.Module) -> None:
 
 
 class TorchvisionBackend(TaskBackend):
-    kinds = frozenset(arch.kind for _, arch in ARCHS.items())
+    kinds = frozenset(arch.kind for _, arch in ARCHS.items()) | {"foreground"}
 
     def load(self, spec: TaskModelSpec) -> TorchvisionModel:
         return TorchvisionModel(load_model(spec, Path(spec.weights)), spec)
@@ -306,7 +335,7 @@ class TorchvisionBackend(TaskBackend):
                 f"training options {sorted(settings.options)}: the torchvision loop takes none "
                 "(epochs, batch_size, lr and seed only); remove them from the params file"
             )
-        semantic = spec.kind == "semantic_segmentation"
+        semantic = spec.kind in ("semantic_segmentation", "foreground")
         if semantic and settings.batch_size < 2:
             raise IcmflowError("batch_size: DeepLabV3 trains on 2 or more images a batch")
         torch.manual_seed(settings.seed)
@@ -315,7 +344,7 @@ class TorchvisionBackend(TaskBackend):
         if settings.initial and not semantic:
             _freeze_batchnorm(model)
         dataset = PreparedDataset.load(data.coco)
-        classes = _class_of(spec, dataset)
+        classes = {} if spec.kind == "foreground" else _class_of(spec, dataset)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             trainable,
@@ -350,19 +379,34 @@ class TorchvisionBackend(TaskBackend):
         generator: torch.Generator,
     ) -> torch.Tensor:
         images = [_tensor(read_rgb(dataset.image_path(image)), spec.device) for image in batch]
-        if spec.kind != "semantic_segmentation":
+        if spec.kind in ("detection", "instance_segmentation"):
             masks = spec.kind == "instance_segmentation"
             targets = [_rcnn_target(dataset, i, classes, masks, spec.device) for i in batch]
             return sum(model(images, targets).values())
+        foreground = spec.kind == "foreground"
         crops = [
-            _crop(x, _class_map_target(dataset, image, classes), spec.input_size, generator)
+            _crop(
+                x,
+                foreground_ground_truth(dataset, image)
+                if foreground
+                else _class_map_target(dataset, image, classes),
+                spec.input_size,
+                generator,
+            )
             for x, image in zip(images, batch, strict=True)
         ]
         x, y = torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
         outputs = model(x)
-        loss = F.cross_entropy(outputs["out"], y, ignore_index=IGNORE)
-        if "aux" in outputs:
-            loss = loss + 0.5 * F.cross_entropy(outputs["aux"], y, ignore_index=IGNORE)
+        loss = torch.zeros((), device=x.device)
+        for key, weight in (("out", 1.0), ("aux", 0.5)):
+            if key in outputs:
+                logits = outputs[key]
+                term = (
+                    dice_loss(logits[:, 0].sigmoid(), y)
+                    if foreground
+                    else F.cross_entropy(logits, y, ignore_index=IGNORE)
+                )
+                loss = loss + weight * term
         return loss
 
 
