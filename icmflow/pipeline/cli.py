@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +11,6 @@ import typer
 from icmflow.core.errors import IcmflowError
 from icmflow.core.files import write_text
 from icmflow.pipeline.paths import Paths
-
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # compressai
 
 app = typer.Typer(
     help="Image coding for machines: sample -> prepare -> masks (and edges) -> train -> "

@@ -63,6 +63,7 @@ def score_model(
     dataset = source_dataset(params, paths, source)
     model, mapping = load_task_model(params, task, weights, dataset)
     log.info("%s: %s", task, mapping.description)
+    log.debug("%s class mapping: %s", task, mapping.pairs)
     rate: dict = {}
     if from_machine_bitstreams(params, source, task):
         predictions, rate = _machine_predictions(params, paths, source)
