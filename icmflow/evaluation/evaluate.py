@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from icmflow.core.errors import MissingInputError
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
-from icmflow.evaluation.metrics import image_metrics
+from icmflow.evaluation.metrics import Planes, image_metrics
 from icmflow.masks.store import MaskStore
 
 DEFINITIONS = {
@@ -64,14 +65,19 @@ def evaluate_coded(
                 f"{coded.path}: image id {image['id']} was not coded; rerun encode"
             )
 
+    local = threading.local()  # each thread's work planes, freed with it when this returns
+
     def evaluate(image: dict) -> dict:
+        if not hasattr(local, "planes"):
+            local.planes = Planes()
         image_id = image["id"]
         original = read_rgb(source.image_path(image))
         decoded = read_rgb(coded.image_path(coded_by_id[image_id]))
         row = {"image_id": image_id, "file_name": image["file_name"]}
         row["bytes"] = bytes_per_image[image_id]
         row["bpp"] = 8 * row["bytes"] / (image["width"] * image["height"])
-        row.update(image_metrics(original, decoded, masks.mask(image_id), precise=precise))
+        mask = masks.mask(image_id)
+        row.update(image_metrics(original, decoded, mask, precise=precise, planes=local.planes))
         return row
 
     workers = workers or len(os.sched_getaffinity(0))
