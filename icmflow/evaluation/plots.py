@@ -38,7 +38,7 @@ def _nothing_to_plot(fig: Figure, ax: Axes, path: Path, title: str, why: str) ->
     """A figure that says there is nothing to plot, and why (no empty axes)."""
     ax.set_axis_off()
     ax.set_title(title)
-    ax.text(0.5, 0.5, f"nothing to plot: {why}", ha="center", va="center", wrap=True)
+    ax.text(0.5, 0.5, f"nothing to plot: {why}", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path)
     return fig
 
