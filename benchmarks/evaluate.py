@@ -9,11 +9,14 @@ thread, which shows how much of the ratio is the computation and how much the th
 Real images: Kodak (24, no objects: object PSNR is NaN) and COCO val2017 (158, with their object
 masks), prepared, masked and coded by icmflow (JPEG at `--qualities`, the classical codec of the
 pipeline) in a temporary folder before any clock starts. Times include reading both images and
-the mask, as the stage does. Prints per-image seconds of each, the ratios and, per metric, the
-largest difference from the baseline over all images.
+the mask, as the stage does. Prints per image the wall seconds of each and, in brackets, its
+CPU seconds (all its threads: on a machine other jobs share, CPU time is the steadier measure of
+work), the baseline's over each other's, and per metric the largest difference from the
+baseline over all images; asserts that the threads change no metric.
 
-    python benchmarks/evaluate.py                              # Kodak and COCO, JPEG q 20 and 75
-    python benchmarks/evaluate.py --coco-images 40 --qualities 50
+    python benchmarks/evaluate.py                     # Kodak and COCO, JPEG q 20 and 75
+    OMP_NUM_THREADS=1 python benchmarks/evaluate.py   # torch (the baseline) on one thread
+    python benchmarks/evaluate.py --kodak-images 6 --coco-images 20 --qualities 50
 """
 
 from __future__ import annotations
@@ -90,10 +93,30 @@ def largest_differences(rows: list[dict], reference: list[dict]) -> dict[str, fl
     return found
 
 
-def timed(*args, **options) -> tuple[list[dict], float]:
-    start = time.perf_counter()
+RUNS = {
+    "baseline": {"workers": 1, "precise": True},
+    "1 thread": {"workers": 1},
+    "threads": {},
+}
+"""The three evaluations of each coded dataset: today's reference, icmflow on one thread, and
+icmflow as the stage runs it (`--workers` threads)."""
+
+
+def timed(*args, **options) -> tuple[list[dict], float, float]:
+    """The rows, wall seconds and CPU seconds (all threads) of one `evaluate_coded`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     rows, _ = evaluate_coded(*args, **options)
-    return rows, time.perf_counter() - start
+    return rows, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def line(label: str, images: int, times: dict[str, tuple[float, float]]) -> str:
+    """Per-image wall (CPU) seconds of each run, and the baseline's over each other's."""
+    base_wall, base_cpu = times["baseline"]
+    cells = [f"{label} {images}"]
+    for name, (wall, cpu) in times.items():
+        ratios = "" if name == "baseline" else f" {base_wall / wall:.2f}× ({base_cpu / cpu:.2f}×)"
+        cells.append(f"{wall / images:.4f} ({cpu / images:.4f}){ratios}")
+    return " | ".join(cells)
 
 
 def main() -> None:
@@ -103,12 +126,18 @@ def main() -> None:
     parser.add_argument("--qualities", type=int, nargs="+", default=[20, 75])
     parser.add_argument("--workers", type=int, default=None, help="threads (default: cores)")
     args = parser.parse_args()
+    RUNS["threads"] = {"workers": args.workers}
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} cores; torch threads {torch.get_num_threads()} (baseline)")
-    header = "dataset codec images | s/image: baseline | 1 thread (ratio) | threads (ratio)"
-    print(f"{header} | largest difference {', '.join(METRICS)}")
+    print(
+        "dataset codec images | s/image wall (CPU), ratio wall (CPU): "
+        + " | ".join(RUNS)
+        + " | largest difference from the baseline: "
+        + ", ".join(METRICS)
+    )
     worst = dict.fromkeys(METRICS, 0.0)
-    totals = dict.fromkeys(("baseline", "one", "threaded", "images"), 0.0)
+    totals = {name: (0.0, 0.0) for name in RUNS}
+    count = 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         kodak = SAMPLES / "kodak"
@@ -132,29 +161,23 @@ def main() -> None:
                 encode_dataset(codec, {"val": source}, out)
                 coded = PreparedDataset.load(coded_split(out, "val"))
                 inputs = (source, coded, masks, read_bytes_per_image(out, "val"))
-                reference, baseline = timed(*inputs, workers=1, precise=True)
-                rows, one = timed(*inputs, workers=1)
-                threaded_rows, threaded = timed(*inputs, workers=args.workers)
-                differences = largest_differences(rows, reference)
-                unequal = {k: v for k, v in largest_differences(threaded_rows, rows).items() if v}
-                assert not unequal, f"threads changed the metrics: {unequal}"
-                n = len(rows)
+                rows, times = {}, {}
+                for run, options in RUNS.items():
+                    rows[run], wall, cpu = timed(*inputs, **options)
+                    times[run] = wall, cpu
+                    totals[run] = (totals[run][0] + wall, totals[run][1] + cpu)
+                changed = largest_differences(rows["threads"], rows["1 thread"])
+                assert not any(changed.values()), f"threads changed the metrics: {changed}"
+                differences = largest_differences(rows["threads"], rows["baseline"])
                 for key in METRICS:
                     worst[key] = max(worst[key], differences[key])
-                for key, value in zip(totals, (baseline, one, threaded, n), strict=True):
-                    totals[key] += value
+                count += len(source.images)
                 print(
-                    f"{name} jpeg-q{quality} {n} | {baseline / n:.4f} | {one / n:.4f} "
-                    f"({baseline / one:.2f}×) | {threaded / n:.4f} ({baseline / threaded:.2f}×) | "
+                    line(f"{name} jpeg-q{quality}", len(source.images), times)
+                    + " | "
                     + ", ".join(f"{differences[k]:.1e}" for k in METRICS)
                 )
-    baseline, one, threaded, n = totals.values()
-    print(
-        f"all {n:.0f} images: baseline {baseline / n:.4f} s/image, "
-        f"icmflow {one / n:.4f} on 1 thread "
-        f"({baseline / one:.2f}×), {threaded / n:.4f} on threads ({baseline / threaded:.2f}×); "
-        "largest difference " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
-    )
+    print(line("all", count, totals) + " | " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
 if __name__ == "__main__":
