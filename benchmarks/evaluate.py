@@ -93,15 +93,6 @@ def largest_differences(rows: list[dict], reference: list[dict]) -> dict[str, fl
     return found
 
 
-RUNS = {
-    "baseline": {"workers": 1, "precise": True},
-    "1 thread": {"workers": 1},
-    "threads": {},
-}
-"""The three evaluations of each coded dataset: today's reference, icmflow on one thread, and
-icmflow as the stage runs it (`--workers` threads)."""
-
-
 def timed(*args, **options) -> tuple[list[dict], float, float]:
     """The rows, wall seconds and CPU seconds (all threads) of one `evaluate_coded`."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -126,17 +117,21 @@ def main() -> None:
     parser.add_argument("--qualities", type=int, nargs="+", default=[20, 75])
     parser.add_argument("--workers", type=int, default=None, help="threads (default: cores)")
     args = parser.parse_args()
-    RUNS["threads"] = {"workers": args.workers}
+    runs = {  # today's reference, icmflow on one thread, icmflow as the stage runs it
+        "baseline": {"workers": 1, "precise": True},
+        "1 thread": {"workers": 1},
+        "threads": {"workers": args.workers},
+    }
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} cores; torch threads {torch.get_num_threads()} (baseline)")
     print(
         "dataset codec images | s/image wall (CPU), ratio wall (CPU): "
-        + " | ".join(RUNS)
+        + " | ".join(runs)
         + " | largest difference from the baseline: "
         + ", ".join(METRICS)
     )
     worst = dict.fromkeys(METRICS, 0.0)
-    totals = {name: (0.0, 0.0) for name in RUNS}
+    totals = {name: (0.0, 0.0) for name in runs}
     count = 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -162,7 +157,7 @@ def main() -> None:
                 coded = PreparedDataset.load(coded_split(out, "val"))
                 inputs = (source, coded, masks, read_bytes_per_image(out, "val"))
                 rows, times = {}, {}
-                for run, options in RUNS.items():
+                for run, options in runs.items():
                     rows[run], wall, cpu = timed(*inputs, **options)
                     times[run] = wall, cpu
                     totals[run] = (totals[run][0] + wall, totals[run][1] + cpu)
