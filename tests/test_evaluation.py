@@ -15,6 +15,7 @@ from icmflow.evaluation.metrics import image_metrics, mse, msssim, psnr
 from icmflow.evaluation.plots import plot_accuracy, plot_rd
 from icmflow.evaluation.report import bd_rates, markdown_table, rd_table
 from icmflow.masks.store import MaskStore
+from icmflow.stages.report import _undefined_note
 from tests.helpers.codecs import textured_image
 from tests.helpers.project import real_sample
 
@@ -254,3 +255,11 @@ def test_markdown_tables_give_every_float_the_same_decimals():
     rows = [{"codec": "a", "images": 4, "bpp": 0.531, "psnr": 28.5, "map": 0.12345, "x": math.nan}]
     table = markdown_table(rows, ("codec", "images", "bpp", "psnr", "map", "x"))
     assert table.splitlines()[-1] == "| a | 4 | 0.5310 | 28.5000 | 0.1235 | – |"
+
+
+def test_rd_md_notes_a_quality_no_codec_has():
+    assert _undefined_note(rd_rows(math.nan)) == (
+        "\nobject-region PSNR (dB) is undefined for every codec: no image of the evaluated "
+        "split has objects.\n"
+    )
+    assert _undefined_note(rd_rows(30.0)) == ""
