@@ -168,10 +168,17 @@ def test_report_tables_over_m():
         for m, lmbda in ((1, 0.01), (3, 0.01), (3, 0.005), (3, 0.02))
     ]
     sizes = parameters_table(rows).splitlines()
-    assert sizes[2:] == ["| fusion-m1 | fusion | 1 | 1 |", "| fusion-m3 | fusion | 3 | 3 |"]
+    assert sizes[2:] == [
+        "| fusion-m1 | fusion | 1 | 1.0000 |",
+        "| fusion-m3 | fusion | 3 | 3.0000 |",
+    ]
     psnr = psnr_table(rows).splitlines()
     assert psnr[0] == "| λ | fusion-m1 | fusion-m3 |"
-    assert psnr[2:] == ["| λ=0.005 | – | 33.5 |", "| λ=0.01 | 32 | 34 |", "| λ=0.02 | – | 35 |"]
+    assert psnr[2:] == [
+        "| λ=0.005 | – | 33.5000 |",
+        "| λ=0.01 | 32.0000 | 34.0000 |",
+        "| λ=0.02 | – | 35.0000 |",
+    ]
 
 
 PAPERS = REPO / "papers" / "params.yaml"

@@ -36,13 +36,18 @@ def rd_table(metrics: Sequence[dict]) -> list[dict]:
     return _rows(metrics, COLUMNS, "bpp")
 
 
+DECIMALS = 4
+"""Every non-integer number of a markdown table has this many decimals."""
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4g}"
+        return "–" if math.isnan(value) else f"{value:.{DECIMALS}f}"
     return str(value)
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A markdown table of `columns`; floats with `DECIMALS` decimals, NaN as –."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

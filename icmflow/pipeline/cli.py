@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -13,8 +12,6 @@ import typer
 from icmflow.core.errors import IcmflowError
 from icmflow.core.files import write_text
 from icmflow.pipeline.paths import Paths
-
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # compressai
 
 app = typer.Typer(
     help="Image coding for machines: sample -> prepare -> masks (and edges) -> train -> "

@@ -67,6 +67,7 @@ def score_model(
     categories = None if truth is None else truth.categories
     model, mapping = load_task_model(params, task, weights, dataset, categories)
     log.info("%s: %s", task, mapping.description)
+    log.debug("%s class mapping: %s", task, mapping.pairs)
     rate: dict = {}
     if from_machine_bitstreams(params, source, task):
         predictions, rate = _machine_predictions(params, paths, source)

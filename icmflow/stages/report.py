@@ -17,7 +17,13 @@ from icmflow.evaluation.accuracy import (
     columns,
     sort_rows,
 )
-from icmflow.evaluation.plots import QUALITY, plot_accuracy, plot_rd, plot_scalable
+from icmflow.evaluation.plots import (
+    QUALITY,
+    UNDEFINED,
+    plot_accuracy,
+    plot_rd,
+    plot_scalable,
+)
 from icmflow.evaluation.report import (
     COLUMNS,
     SCALABLE_COLUMNS,
@@ -162,6 +168,15 @@ def _write_scalable(params: Params, paths: Paths, rows: list[dict], out: Path) -
         )
 
 
+def _undefined_note(rows: list[dict]) -> str:
+    """A line for each quality no codec has a finite value of (its plot says so too)."""
+    return "".join(
+        f"\n{QUALITY[quality]} is undefined for every codec: {UNDEFINED[quality]}.\n"
+        for quality in QUALITY
+        if rows and not any(math.isfinite(r[quality]) for r in rows)
+    )
+
+
 def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
@@ -193,7 +208,8 @@ def run(params: Params, paths: Paths) -> None:
             + _note(options.anchors, options.bd_method)
             + markdown_table(bd_rows, ("test", "anchor", "quality", "bd_rate_percent", "note"))
             + "\nbpp = total bitstream bits / total pixels; PSNR and MS-SSIM are per-image "
-            + "means; object PSNR averages over images that have objects.\n",
+            + "means; object PSNR averages over images that have objects.\n"
+            + _undefined_note(rows),
         )
         for quality, label in QUALITY.items():
             plot_rd(rows, quality, out / f"{quality}_bpp.png", f"{label} against rate")

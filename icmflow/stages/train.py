@@ -79,7 +79,7 @@ def _run(params: Params, paths: Paths, name: str) -> None:
         _run_scalable(params, paths, name, device)
         return
     if is_secondary(params.codec(name)):
-        _run_secondary(params, paths, name)
+        _run_secondary(params, paths, name, device)
         return
     entry, options = params.learned(name), params.training(name)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
@@ -185,7 +185,7 @@ def _run_scalable(params: Params, paths: Paths, name: str, device: torch.device)
         work.discard()
 
 
-def _run_secondary(params: Params, paths: Paths, name: str) -> None:
+def _run_secondary(params: Params, paths: Paths, name: str, device: torch.device) -> None:
     """A secondary task's branch on its primary's frozen codec (paper 004, eq. 6)."""
     from icmflow.codecs.checkpoint import load_codec, read_checkpoint
     from icmflow.codecs.compressed_domain import TASK_BRANCH, FrozenCodec
@@ -208,7 +208,7 @@ def _run_secondary(params: Params, paths: Paths, name: str) -> None:
         }
         arguments["primary_gate"] = gate
     work = _work(paths, name, entry, options, dataset, file_digest(primary), digests)
-    with _training_group(work, options) as group:
+    with _training_group(work, device) as group:
         model = FrozenCodec(load_codec(primary))
         objective = OBJECTIVES[entry.objective](lmbda=record["icmflow"]["lambda"], **arguments)
         objective.bind(model)

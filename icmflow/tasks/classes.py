@@ -20,6 +20,9 @@ from icmflow.core.errors import IcmflowError
 FOREGROUND = 1
 """The class of every object for a foreground-extraction model (0: background)."""
 
+LISTED = 6
+"""Category pairs a mapping's `description` names; the rest are counted."""
+
 
 class ClassMappingError(IcmflowError):
     """A dataset's categories and a model's classes do not match; the message says how to map
@@ -61,16 +64,31 @@ class ClassMapping:
         inside = (classes >= 0) & (classes < lookup.size)
         return np.where(inside, lookup[np.where(inside, classes, 0)], unmapped)
 
-    @property
-    def description(self) -> str:
-        """One line for logs, e.g. `car=2, person=0 (by name); 78 model classes dropped`."""
-        pairs = ", ".join(
+    def _pairs(self) -> list[str]:
+        return [
             f"{self.category_names[cat]}={model_class}"
             for cat, model_class in sorted(self.to_model.items())
-        )
+        ]
+
+    @property
+    def pairs(self) -> str:
+        """Every category's model class, e.g. `car=2, person=0`."""
+        return ", ".join(self._pairs())
+
+    @property
+    def description(self) -> str:
+        """A short line for logs, e.g. `2 categories by name (car=2, person=0); 78 model
+        classes dropped`; past `LISTED` categories, the first few and a count (`pairs` has
+        them all)."""
+        pairs = self._pairs()
+        if len(pairs) > LISTED:
+            pairs = [*pairs[: LISTED - 1], f"… {len(pairs) - LISTED + 1} more"]
         how = "explicit" if self.explicit else "by name"
         dropped = len(set(self.class_names) - set(self._to_category))
-        return f"{pairs} ({how}); {dropped} model classes dropped"
+        return (
+            f"{len(self.to_model)} categories {how} ({', '.join(pairs)}); "
+            f"{dropped} model classes dropped"
+        )
 
 
 def foreground_mapping(categories: list[dict]) -> ClassMapping:

@@ -108,10 +108,25 @@ def _multi_label_predictor() -> type:
     return MultiLabelPredictor
 
 
+def _class_names(yolo: Any) -> dict[int, str]:
+    """The model's class names. An export's come from its embedded metadata when it has them:
+    `yolo.names` loads an export (ultralytics logs "Loading …") in a predictor of its own, and
+    predicting loads it once more."""
+    from ultralytics.nn.autobackend import check_class_names
+
+    names = None
+    if isinstance(yolo.model, str):  # an export, not loaded yet
+        from ultralytics.nn.backends.base import BaseBackend
+
+        names = BaseBackend.read_metadata(yolo.model).get("names")
+    names = check_class_names(names) if names else yolo.names
+    return {int(k): str(v) for k, v in names.items()}
+
+
 class UltralyticsModel(TaskModel):
     def __init__(self, yolo: Any, spec: TaskModelSpec):
         self.yolo, self.kind, self.device = yolo, spec.kind, spec.device
-        self.class_names = {int(k): str(v) for k, v in yolo.names.items()}
+        self.class_names = _class_names(yolo)
         self.predictor = _multi_label_predictor() if spec.kind == "detection" else None
         self.args = {
             "imgsz": spec.input_size,
