@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from icmflow.pipeline.params.codecs import is_scalable, scalable_problems
+from icmflow.pipeline.params.codecs import init_problems, is_scalable, scalable_problems
 from icmflow.pipeline.params.project import Params
 from icmflow.pipeline.params.tasks import ORIGINAL
 
@@ -158,7 +158,7 @@ def _bit_map_problems(params: Params) -> list[Problem]:
 
 def consistency_problems(params: Params) -> list[Problem]:
     problems = _training_problems(params) + _scalable_training_problems(params)
-    problems += scalable_problems(params.codecs)
+    problems += scalable_problems(params.codecs) + init_problems(params.codecs)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
     series = params.series()
     for anchor in params.report.anchors:
