@@ -38,7 +38,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="reads processes from /proc"),
 ]
 
-CODEC = "meanscale-mse-1"
+CODEC = "meanscale-base"
 BIN = Path(sys.executable).parent
 runner = CliRunner()
 

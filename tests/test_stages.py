@@ -81,17 +81,17 @@ def test_skip_policy_logs_skips_and_the_pipeline_goes_on(project):
 def test_training_twice_gives_the_same_codec(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(steps=3, batch_size=2, patch_size=64)
-    params["codecs"]["meanscale-mse-1"]["model_args"] = {"N": 8, "M": 8}
+    params["codecs"]["meanscale-base"]["model_args"] = {"N": 8, "M": 8}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert runner.invoke(app, ["prepare", "sample"]).exit_code == 0
     runs = []
     for _ in range(2):
         torch.rand(10)  # whatever drew from torch's generator before must not matter
-        result = runner.invoke(app, ["train", "meanscale-mse-1"])
+        result = runner.invoke(app, ["train", "meanscale-base"])
         assert result.exit_code == 0, result.output
-        checkpoint = torch.load(Paths().checkpoint("meanscale-mse-1"), weights_only=False)
-        runs.append((Paths().train_log("meanscale-mse-1").read_text(), checkpoint["state_dict"]))
-        shutil.rmtree(Paths().model("meanscale-mse-1"))
+        checkpoint = torch.load(Paths().checkpoint("meanscale-base"), weights_only=False)
+        runs.append((Paths().train_log("meanscale-base").read_text(), checkpoint["state_dict"]))
+        shutil.rmtree(Paths().model("meanscale-base"))
     (log_a, weights_a), (log_b, weights_b) = runs
     assert log_a == log_b
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

@@ -147,7 +147,7 @@ def edges(dataset: Dataset) -> None:
 
 Codec = Annotated[
     str,
-    typer.Argument(help="A key of `codecs` in params.yaml, e.g. hyperprior-object-2."),
+    typer.Argument(help="A key of `codecs` in params.yaml, e.g. meanscale-object-2."),
 ]
 
 
