@@ -82,10 +82,13 @@ def test_init_forms_are_checked_naming_their_keys(tmp_path, raw):
     with pytest.raises(ParamsError, match=r"codecs\.tuned\.init: zoo weights of 'cheng2020-attn'"):
         load(tmp_path, raw)
     raw["codecs"]["tuned"]["init"] = {"zoo": ARCH}
-    with pytest.raises(ParamsError, match=r"codecs\.tuned\.init\.zoo\.quality: Field required"):
+    with pytest.raises(ParamsError, match=r"codecs\.tuned\.init\.quality: Field required"):
         load(tmp_path, raw)
     raw["codecs"]["tuned"]["init"] = {"file": "w.pth", "quality": 1}
-    with pytest.raises(ParamsError, match=r"codecs\.tuned\.init\.file\.quality: unknown key"):
+    with pytest.raises(ParamsError, match=r"codecs\.tuned\.init\.quality: unknown key"):
+        load(tmp_path, raw)
+    raw["codecs"]["tuned"]["init"] = "no.dots"
+    with pytest.raises(ParamsError, match=r"codecs\.tuned\.init: String should match"):
         load(tmp_path, raw)
 
 

@@ -22,7 +22,7 @@
 Architectures and objectives are checked against their registries by `registered`, which
 imports PyTorch and CompressAI, so that the stages that need neither start in a second.
 
-`init` says where a learned codec's weights start (`init_source`): another codec entry's
+`init` says where a learned codec's weights start (`InitSource`): another codec entry's
 checkpoint, a CompressAI-layout file, or a CompressAI zoo file in the torch hub cache; the
 checks that need no PyTorch are `init_problems`, those against tensors `registered`'s.
 
@@ -58,7 +58,11 @@ class InitZoo(Section):
     metric: Literal["mse", "ms-ssim"] = "mse"
 
 
-def _init_kind(value: Any) -> str:
+INIT_FORMS = ("entry", "file", "zoo")
+"""The forms of `init` (the tags of `InitSource`)."""
+
+
+def _init_form(value: Any) -> str:
     if isinstance(value, dict):
         return "file" if "file" in value else "zoo"
     return "entry" if isinstance(value, str) else "file"
@@ -68,7 +72,7 @@ InitSource = Annotated[
     Annotated[str, Field(pattern=NAME_PATTERN), Tag("entry")]
     | Annotated[InitFile, Tag("file")]
     | Annotated[InitZoo, Tag("zoo")],
-    Discriminator(_init_kind),
+    Discriminator(_init_form),
 ]
 """`init:` of a learned entry: a codec entry's name, `{file: path}` or `{zoo: arch, quality}`."""
 
