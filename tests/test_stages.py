@@ -82,6 +82,7 @@ def test_training_twice_gives_the_same_codec(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(steps=3, batch_size=2, patch_size=64)
     params["codecs"]["meanscale-base"]["model_args"] = {"N": 8, "M": 8}
+    params["codecs"]["meanscale-base"].pop("train", None)  # the shared settings above
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert runner.invoke(app, ["prepare", "sample"]).exit_code == 0
     runs = []
