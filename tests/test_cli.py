@@ -43,6 +43,7 @@ def test_errors_name_the_params_file_given(tmp_path, monkeypatch):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     Path("other.yaml").write_text(yaml.safe_dump(params))
     params["codecs"]["meanscale-mse-1"]["arch"] = "no-such-arch"
+    params["codecs"]["meanscale-mse-1"].pop("init")  # else: another arch than its base's
     Path("broken.yaml").write_text(yaml.safe_dump(params))
     cases = {
         ("train", "object-9"): "codec 'object-9' is not in other.yaml codecs",

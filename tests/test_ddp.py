@@ -38,7 +38,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="reads processes from /proc"),
 ]
 
-CODEC = "meanscale-mse-1"
+CODEC = "meanscale-base"
 BIN = Path(sys.executable).parent
 runner = CliRunner()
 
@@ -97,6 +97,7 @@ def project(tmp_path_factory, sample_root) -> Path:
     params["datasets"]["sample"]["root"] = str(root / "coco")
     params["tasks"] = {}
     params["codecs"][CODEC]["model_args"] = {"N": 8, "M": 8}
+    params["codecs"][CODEC].pop("train", None)  # the shared settings below, not the demo's
     params["train"].update(
         steps=6,
         batch_size=4,

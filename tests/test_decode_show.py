@@ -26,7 +26,7 @@ from tests.helpers.codecs import TCM_TINY, textured_image, tiny_codec
 from tests.helpers.project import REPO
 
 runner = CliRunner()
-LEARNED, JPEG = "hyperprior-object-1", "jpeg-q25"
+LEARNED, JPEG = "meanscale-object-1", "jpeg-q25"
 ARGS = {"N": 16, "M": 16}
 
 
@@ -45,7 +45,7 @@ def fails(*args: str) -> str:
 @pytest.fixture(scope="module")
 def project(sample_prepared, tmp_path_factory):
     """A project whose `encode` stage coded the sample's val split with a tiny learned codec
-    (as `hyperprior-object-1`) and with JPEG."""
+    (as `meanscale-object-1`) and with JPEG."""
     root = tmp_path_factory.mktemp("project")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["encode"]["n_workers"] = 1

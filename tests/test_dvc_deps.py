@@ -43,7 +43,7 @@ def test_every_stage_depends_on_every_file_of_icmflow_it_imports():
 
 def test_the_check_finds_a_missing_file():
     stages = resolved_stages(REPO)
-    cmd, deps = stages["train@hyperprior-object-1"]
+    cmd, deps = stages["train@meanscale-object-1"]
     without = {"train@x": (cmd, [d for d in deps if d != "icmflow/datasets/images.py"])}
     assert missing_code(without, REPO) == {"train@x": ["icmflow/datasets/images.py"]}
 

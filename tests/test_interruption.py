@@ -223,6 +223,7 @@ def training_project(tmp_path, sample_root, monkeypatch) -> Path:
     params["datasets"]["sample"]["root"] = str(tmp_path / "coco")
     params["train"].update(steps=40, batch_size=2, patch_size=64, save_every=10, device="cpu")
     params["codecs"][CODEC]["model_args"] = {"N": 8, "M": 8}
+    params["codecs"][CODEC].pop("init", None)  # from random weights: no base to train first
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(app, ["prepare", "sample"]).exit_code == 0

@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icmflow.pipeline.params import ParamsError, check_registered, is_learned, load_params
+from icmflow.pipeline.params import (
+    ParamsError,
+    check_initial_weights,
+    check_registered,
+    is_learned,
+    load_params,
+)
 from tests.helpers.project import REPO
 
 
@@ -22,11 +28,18 @@ def defaults() -> dict:
 def test_project_params_are_valid():
     params = load_params(REPO / "params.yaml")
     check_registered(params)
+    check_initial_weights(params, params.learned_codecs, REPO)
     assert params.train.dataset in params.datasets
     families = {entry.family for entry in params.codecs.values()}
     assert {"learned", "jpeg", "webp"} <= families
-    archs = {params.learned(name).arch for name in params.learned_codecs}
-    assert len(archs) >= 2
+    learned = {name: params.learned(name) for name in params.learned_codecs}
+    # the demo compares the objectives on one architecture, every codec from one base
+    assert len({entry.arch for entry in learned.values()}) == 1
+    assert {entry.objective for entry in learned.values()} == {"mse", "object"}
+    bases = {entry.init for entry in learned.values()} - {None}
+    assert len(bases) == 1 and all(
+        entry.init in bases or name in bases for name, entry in learned.items()
+    )
     for anchor in params.report.anchors:
         assert len(params.series()[anchor]) >= 3  # enough points for a BD-rate
 
@@ -52,7 +65,8 @@ def test_series_default_and_explicit(tmp_path, defaults):
     params = load_params(write(tmp_path, defaults))
     series = params.series()
     assert series["jpeg-444"] == ["jpeg444-q50"] and "jpeg444-q50" not in series["jpeg"]
-    learned = params.learned(params.learned_codecs[0])
+    default = next(n for n in params.learned_codecs if "series" not in defaults["codecs"][n])
+    learned = params.learned(default)
     assert learned.series_name == f"{learned.arch}-{learned.objective}"
     assert (
         not is_learned(params.codec("jpeg444-q50"))
@@ -86,7 +100,11 @@ def test_every_problem_is_reported_at_once_naming_keys_not_the_file(tmp_path, de
 
 
 def test_registered_names_are_checked_with_the_registries(tmp_path, defaults):
-    entry = next(e for e in defaults["codecs"].values() if e["family"] == "learned")
+    bases = {e.get("init") for e in defaults["codecs"].values()}  # others start from those
+    entry = next(
+        e for n, e in defaults["codecs"].items() if e["family"] == "learned" and n not in bases
+    )
+    entry.pop("init", None)  # an architecture of its own: random initial weights
     entry.update(arch="no-such-arch", objective="texture")
     params = load_params(write(tmp_path, defaults))  # the fast checks pass
     with pytest.raises(ParamsError) as err:
@@ -257,6 +275,8 @@ def test_the_poly_schedule_leaves_the_default_milestones_aside(tmp_path, default
     """The default lr_milestones are multistep's: `lr_schedule: poly` alone needs no `[]`."""
     defaults["train"].pop("lr_milestones", None)
     defaults["train"]["lr_schedule"] = "poly"
+    for entry in defaults["codecs"].values():  # milestones written for a codec stay an error
+        entry.get("train", {}).pop("lr_milestones", None)
     params = load_params(write(tmp_path, defaults))
     assert params.train.lr_schedule == "poly" and params.train.lr_milestones
 

@@ -35,7 +35,7 @@ def demo_project(tmp_path, monkeypatch, sample_prepared, sample_masks):
     write_prepared(final / "val.json", val.data, image_root=val.image_root, final_dir=final)
     shutil.copytree(sample_masks["val"], paths.mask_store("object", "sample", "val"))
     args = {"N": 16, "M": 16}
-    save_codec(tiny_codec(gain=8.0, **args), paths.checkpoint("hyperprior-object-2"), args)
+    save_codec(tiny_codec(gain=8.0, **args), paths.checkpoint("meanscale-object-2"), args)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

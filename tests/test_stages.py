@@ -94,17 +94,18 @@ def test_skip_policy_logs_skips_and_the_pipeline_goes_on(project):
 def test_training_twice_gives_the_same_codec(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(steps=3, batch_size=2, patch_size=64)
-    params["codecs"]["meanscale-mse-1"]["model_args"] = {"N": 8, "M": 8}
+    params["codecs"]["meanscale-base"]["model_args"] = {"N": 8, "M": 8}
+    params["codecs"]["meanscale-base"].pop("train", None)  # the shared settings above
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert runner.invoke(app, ["prepare", "sample"]).exit_code == 0
     runs = []
     for _ in range(2):
         torch.rand(10)  # whatever drew from torch's generator before must not matter
-        result = runner.invoke(app, ["train", "meanscale-mse-1"])
+        result = runner.invoke(app, ["train", "meanscale-base"])
         assert result.exit_code == 0, result.output
-        checkpoint = torch.load(Paths().checkpoint("meanscale-mse-1"), weights_only=False)
-        runs.append((Paths().train_log("meanscale-mse-1").read_text(), checkpoint["state_dict"]))
-        shutil.rmtree(Paths().model("meanscale-mse-1"))
+        checkpoint = torch.load(Paths().checkpoint("meanscale-base"), weights_only=False)
+        runs.append((Paths().train_log("meanscale-base").read_text(), checkpoint["state_dict"]))
+        shutil.rmtree(Paths().model("meanscale-base"))
     (log_a, weights_a), (log_b, weights_b) = runs
     assert log_a == log_b
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
@@ -125,7 +126,7 @@ def edit_params(project, **sections) -> None:
         ["train", "meanscale-mse-1"],
         ["encode", "jpeg-q25"],
         ["task", "yolo-shapes"],
-        ["finetune", "hyperprior-object-2", "yolo-shapes"],
+        ["finetune", "meanscale-object-2", "yolo-shapes"],
     ],
 )
 def test_a_stage_already_running_on_the_same_key_stops_a_second_run(project, argv):
@@ -195,7 +196,10 @@ def test_an_unreachable_scheduler_is_named_after_a_bounded_wait(project, monkeyp
 def test_train_before_masks_says_which_stage_to_run(project):
     assert runner.invoke(app, ["prepare", "sample"]).exit_code == 0
     edit_params(project, train={"steps": 1, "batch_size": 2})
-    result = runner.invoke(app, ["train", "hyperprior-object-2"])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["codecs"]["meanscale-object-2"].pop("init")  # no base to train first
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["train", "meanscale-object-2"])
     assert result.exit_code == 1, result.output
     assert "no object mask store; run `icmflow masks sample` first" in result.output
 

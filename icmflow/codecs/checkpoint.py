@@ -124,14 +124,19 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return record
 
 
+def state_dict_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The model's state dict in a checkpoint, under one of the keys CompressAI accepts, or
+    the record itself (a plain state dict, as the zoo's files are)."""
+    for key in ("state_dict", "network", "model_state_dict"):
+        if key in record:
+            return record[key]
+    return record
+
+
 def load_codec(path: Path, arch: str | None = None) -> CompressionModel:
     """A model ready for `compress()`/`decompress()` from an icmflow or CompressAI checkpoint."""
     record = read_checkpoint(path)
-    state_dict = record
-    for key in ("state_dict", "network", "model_state_dict"):  # CompressAI's accepted keys
-        if key in record:
-            state_dict = record[key]
-            break
+    state_dict = state_dict_of(record)
     meta = record.get("icmflow")
     try:
         if meta is not None:

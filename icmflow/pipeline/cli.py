@@ -116,13 +116,19 @@ def pipeline(
         import yaml
 
         from icmflow.pipeline.dvcfile import CHECK_OUT, CHECK_TEXT, render, stale
-        from icmflow.pipeline.params import ParamsError, check_registered, load_params
+        from icmflow.pipeline.params import (
+            ParamsError,
+            check_initial_weights,
+            check_registered,
+            load_params,
+        )
 
         path = _settings["params"]
         params = load_params(path)
+        root = Path(path).resolve().parent
         if not check:  # --check runs before every repro: the stages using them check these
             check_registered(params)
-        root = Path(path).resolve().parent
+            check_initial_weights(params, params.learned_codecs, root)
         text = render(params, yaml.safe_load(Path(path).read_text(encoding="utf-8")), root)
         target = root / "dvc.yaml"
         if check:
@@ -167,7 +173,7 @@ def edges(dataset: Dataset) -> None:
 
 Codec = Annotated[
     str,
-    typer.Argument(help="A key of `codecs` in params.yaml, e.g. hyperprior-object-2."),
+    typer.Argument(help="A key of `codecs` in params.yaml, e.g. meanscale-object-2."),
 ]
 
 

@@ -37,6 +37,7 @@ from icmflow.pipeline.params import (
     is_secondary,
     is_trained,
 )
+from icmflow.pipeline.params.codecs import InitFile
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
@@ -240,7 +241,20 @@ class _Builder:
         task = self.params.learned(name).objective_args.get("task")
         if task is not None:  # a task-driven objective reads the task model's weights
             inputs += self.task_weights(str(task))
-        return inputs
+        return inputs + self.initial_weights(name)
+
+    def initial_weights(self, name: str) -> list[str]:
+        """What learned codec `name` starts from: the checkpoint of its `init` entry, or its
+        `init` file when in the project (a zoo file lives in the torch hub cache)."""
+        init = self.params.learned(name).init
+        if isinstance(init, str):
+            return [str(self.paths.checkpoint(init))]
+        return self.project_file(init.file) if isinstance(init, InitFile) else []
+
+    def project_file(self, path: str) -> list[str]:
+        """`path` as a dependency when it lies inside the project (DVC tracks no others)."""
+        inside = (self.root / path).resolve().is_relative_to(self.root.resolve())
+        return [path] if inside and not Path(path).is_absolute() else []
 
     def layer(self, machine: str) -> str:
         """A scalable codec's machine layer: its machine codec's checkpoint."""
@@ -338,8 +352,7 @@ class _Builder:
         weights = self.params.task(name).weights
         if weights is None:
             return [str(self.paths.task_weights(name))]
-        inside = (self.root / weights).resolve().is_relative_to(self.root.resolve())
-        return [weights] if inside and not Path(weights).is_absolute() else []
+        return self.project_file(weights)
 
     def source_data(self, source: str, task: str) -> list[str]:
         """What infer@<source>-<task> reads besides the task's weights: the images, or a

@@ -1,5 +1,9 @@
 """Stage `train@<codec>`: train one learned codec with its objective; save its checkpoint.
 
+A codec entry with `init` starts from those weights (another entry's checkpoint, a file, a zoo
+file; `icmflow.codecs.initial`) instead of random ones, with fresh optimisers; the provenance
+records where they came from and their SHA-256.
+
 Under torchrun (`train.nproc` > 1: `icmflow train` relaunches itself) every process trains its
 part of each batch; rank 0 alone prepares the work folder and writes the outputs. A secondary
 task's entry (compressed-domain, with `primary`) trains its branch alone on the primary's
@@ -17,6 +21,7 @@ import torch
 
 from icmflow.codecs.architectures import create_model
 from icmflow.codecs.checkpoint import save_checkpoint
+from icmflow.codecs.initial import Weights, load_initial, read_weights, zoo_file
 from icmflow.core.errors import CheckpointError, MissingInputError
 from icmflow.core.files import replace
 from icmflow.core.locks import exclusive
@@ -29,10 +34,12 @@ from icmflow.pipeline.params import (
     LearnedEntry,
     Params,
     TrainParams,
+    check_initial_weights,
     check_registered,
     is_scalable,
     is_secondary,
 )
+from icmflow.pipeline.params.codecs import InitZoo
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.devices import resolve_device
@@ -81,7 +88,9 @@ def _run(params: Params, paths: Paths, name: str) -> None:
     if is_secondary(params.codec(name)):
         _run_secondary(params, paths, name, device)
         return
+    check_initial_weights(params, [name], paths.root)
     entry, options = params.learned(name), params.training(name)
+    initial, init_record = initial_weights(params, paths, name)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
     objective_cls = OBJECTIVES[entry.objective]
     masks = {
@@ -97,9 +106,12 @@ def _run(params: Params, paths: Paths, name: str) -> None:
         dataset,
         _mask_fingerprints(masks, options.dataset),
         digests,
+        init_record,
     )
     with _training_group(work, device) as group:
         model = create_model(entry.arch, seed=options.seed, **entry.model_args)
+        if initial is not None:
+            load_initial(model, initial)
         objective = objective_cls(lmbda=entry.lmbda, **arguments)
         objective.bind(model)
         result = train_codec(
@@ -118,7 +130,7 @@ def _run(params: Params, paths: Paths, name: str) -> None:
             group=group,
         )
     if group.main:
-        _save(paths, name, entry, options, result, objective.checkpoint_extra())
+        _save(paths, name, entry, options, result, objective.checkpoint_extra(), init_record)
         work.discard()
 
 
@@ -136,6 +148,38 @@ def _mask_fingerprints(masks: dict[str, Path], dataset: str) -> dict[str, str]:
                 f"{dataset}` first"
             )
     return {kind: MaskStore(path).attrs["fingerprint"] for kind, path in masks.items()}
+
+
+def init_path(params: Params, paths: Paths, name: str) -> Path | None:
+    """The file learned codec `name` starts from (None: random weights)."""
+    init = params.learned(name).init
+    if init is None:
+        return None
+    if isinstance(init, str):
+        return paths.checkpoint(init)
+    if isinstance(init, InitZoo):
+        return zoo_file(init.zoo, init.quality, init.metric)[0]
+    return paths.root / init.file
+
+
+def initial_weights(params: Params, paths: Paths, name: str) -> tuple[Weights | None, dict]:
+    """The weights codec `name` starts from (None: random) and what the provenance records of
+    them: the `init` entry, the file and its SHA-256."""
+    path = init_path(params, paths, name)
+    if path is None:
+        return None, {}
+    init = params.learned(name).init
+    if isinstance(init, str) and not path.is_file():
+        raise MissingInputError(
+            f"{path}: codec {name} starts from codec {init}, not trained yet: run "
+            f"`icmflow train {init}` first (dvc repro does)"
+        )
+    record = {
+        "from": init if isinstance(init, str) else init.model_dump(),
+        "file": str(path),
+        "sha256": file_digest(path),
+    }
+    return read_weights(path), record
 
 
 def _ground_truth(
@@ -335,23 +379,26 @@ def _save(
     options: TrainParams,
     result: TrainResult,
     kept: dict,
+    init: dict,
 ) -> None:
     """The checkpoint (after `update(force=True)`), the log and its plot, the provenance."""
     model, fields = _trained(result, entry, options, kept)
     save_checkpoint(
         paths.checkpoint(name), model, arch=entry.arch, model_args=entry.model_args, **fields
     )
-    _write_log(paths, name, entry, options)
+    _write_log(paths, name, entry, options, init)
 
 
-def _write_log(paths: Paths, name: str, entry: CodecEntry, options: TrainParams) -> None:
-    """The training log and its plot beside the checkpoint, and the provenance."""
+def _write_log(
+    paths: Paths, name: str, entry: CodecEntry, options: TrainParams, init: dict | None = None
+) -> None:
+    """The training log and its plot beside the checkpoint, and the provenance (with where
+    the initial weights came from, when not random)."""
     replace(paths.work("train", name) / "train_log.csv", paths.train_log(name))
     plot_training_log(
         read_log(paths.train_log(name)), paths.model(name) / "train_log.png", f"train@{name}"
     )
-    write_provenance(
-        paths.model(name),
-        f"train@{name}",
-        {"codec": {name: entry.model_dump()}, "train": options.model_dump()},
-    )
+    recorded = {"codec": {name: entry.model_dump()}, "train": options.model_dump()}
+    if init:
+        recorded["init"] = init
+    write_provenance(paths.model(name), f"train@{name}", recorded)

@@ -22,7 +22,7 @@ from icmflow.pipeline.params.codecs import (
 )
 from icmflow.pipeline.params.load import load_params
 from icmflow.pipeline.params.project import Params, ParamsError
-from icmflow.pipeline.params.registered import check_registered
+from icmflow.pipeline.params.registered import check_initial_weights, check_registered
 from icmflow.pipeline.params.sections import TrainParams
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ScalableEntry",
     "SecondaryEntry",
     "TrainParams",
+    "check_initial_weights",
     "check_registered",
     "is_compressed_domain",
     "is_learned",

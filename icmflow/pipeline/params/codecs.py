@@ -30,6 +30,10 @@
 Architectures and objectives are checked against their registries by `registered`, which
 imports PyTorch and CompressAI, so that the stages that need neither start in a second.
 
+`init` says where a learned codec's weights start (`InitSource`): another codec entry's
+checkpoint, a CompressAI-layout file, or a CompressAI zoo file in the torch hub cache; the
+checks that need no PyTorch are `init_problems`, those against tensors `registered`'s.
+
 `series` names the RD curve a codec is a point of (default: `<arch>-<objective>` for learned
 codecs, the family for classical ones); BD-rates compare series.
 """
@@ -48,6 +52,39 @@ from icmflow.pipeline.params.sections import NAME_PATTERN, Section, TrainOverrid
 SeriesField = Field(None, pattern=NAME_PATTERN, description="the RD curve this codec is on")
 
 
+class InitFile(Section):
+    """Initial weights from a CompressAI-layout checkpoint or state dict (a DVC dependency)."""
+
+    file: str = Field(min_length=1, description="path, relative to the project root")
+
+
+class InitZoo(Section):
+    """Initial weights from CompressAI's zoo, a file already in the torch hub cache."""
+
+    zoo: str = Field(description="a compressai.zoo architecture, e.g. cheng2020-attn")
+    quality: int = Field(gt=0)
+    metric: Literal["mse", "ms-ssim"] = "mse"
+
+
+INIT_FORMS = ("entry", "file", "zoo")
+"""The forms of `init` (the tags of `InitSource`)."""
+
+
+def _init_form(value: Any) -> str:
+    if isinstance(value, dict):
+        return "file" if "file" in value else "zoo"
+    return "entry" if isinstance(value, str) else "file"
+
+
+InitSource = Annotated[
+    Annotated[str, Field(pattern=NAME_PATTERN), Tag("entry")]
+    | Annotated[InitFile, Tag("file")]
+    | Annotated[InitZoo, Tag("zoo")],
+    Discriminator(_init_form),
+]
+"""`init:` of a learned entry: a codec entry's name, `{file: path}` or `{zoo: arch, quality}`."""
+
+
 class LearnedEntry(Section):
     family: Literal["learned"]
     arch: str = Field(description="a name in compressai.registry.MODELS")
@@ -56,11 +93,17 @@ class LearnedEntry(Section):
     lmbda: float = Field(gt=0, description="λ on CompressAI's scale: R + λ·255²·D")
     objective_args: dict[str, Any] = Field(default_factory=dict)
     train: TrainOverrides = Field(default_factory=TrainOverrides)
+    init: InitSource | None = Field(None, description="where training starts: entry, file, zoo")
     series: str | None = SeriesField
 
     @property
     def series_name(self) -> str:
         return self.series or f"{self.arch}-{self.objective}"
+
+    @property
+    def init_entry(self) -> str | None:
+        """The codec entry whose checkpoint this one starts from (None: none)."""
+        return self.init if isinstance(self.init, str) else None
 
     @property
     def setting(self) -> str:
@@ -269,6 +312,53 @@ def secondary_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
     return problems
+
+
+def init_problems(codecs: dict[str, Any]) -> list[tuple[str, str]]:
+    """Learned entries whose `init` names no learned entry, itself, a cycle, or weights of
+    another architecture (the checks of tensor shapes are `registered`'s)."""
+    problems = []
+    for name, entry in codecs.items():
+        if not is_learned(entry) or entry.init is None:
+            continue
+        key, base_name = f"codecs.{name}.init", entry.init_entry
+        if isinstance(entry.init, InitZoo) and entry.init.zoo != entry.arch:
+            problems.append(
+                (
+                    key,
+                    f"zoo weights of {entry.init.zoo!r} do not fit codecs.{name} "
+                    f"(arch {entry.arch!r}): set arch {entry.init.zoo}, or another zoo model",
+                )
+            )
+        if base_name is None:
+            continue
+        base = codecs.get(base_name)
+        if not is_learned(base):
+            found = "not under codecs" if base is None else f"a {base.family} codec"
+            problems.append((key, f"{base_name!r} is {found}: init names a learned codec entry"))
+        elif base.arch != entry.arch:
+            problems.append(
+                (
+                    key,
+                    f"codecs.{name} (arch {entry.arch!r}) cannot start from codecs.{base_name} "
+                    f"(arch {base.arch!r}): init needs the same architecture",
+                )
+            )
+        elif name in (chain := init_chain(codecs, base_name)):
+            problems.append((key, f"init cycle: {' -> '.join([name, *chain])}"))
+    return problems
+
+
+def init_chain(codecs: dict[str, Any], name: str) -> list[str]:
+    """`name` and the entries its weights start from, in order, up to a repeated one."""
+    chain: list[str] = []
+    while name in codecs and name not in chain:
+        chain.append(name)
+        entry = codecs[name]
+        if not is_learned(entry) or entry.init_entry is None:
+            break
+        name = entry.init_entry
+    return chain
 
 
 def _classical_entry(codec: type[PillowCodec]) -> type[PillowCodec]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from icmflow.pipeline.params.codecs import (
+    init_problems,
     is_roi,
     is_scalable,
     roi_problems,
@@ -228,6 +229,7 @@ def consistency_problems(params: Params) -> list[Problem]:
     problems = _training_problems(params) + _scalable_training_problems(params)
     problems += scalable_problems(params.codecs) + roi_problems(params.codecs)
     problems += secondary_problems(params.codecs)
+    problems += init_problems(params.codecs)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
     series = params.series()
     for anchor in params.report.anchors:

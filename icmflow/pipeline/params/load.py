@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from icmflow.datasets.formats import FORMATS
-from icmflow.pipeline.params.codecs import FAMILIES, SECONDARY_TAGS
+from icmflow.pipeline.params.codecs import FAMILIES, INIT_FORMS, SECONDARY_TAGS
 from icmflow.pipeline.params.consistency import consistency_problems
 from icmflow.pipeline.params.project import Params, ParamsError
 
@@ -31,6 +31,8 @@ def _describe(error: dict) -> tuple[str, str]:
         loc.pop(2)  # the union's tag is no key
         if loc[0] == "codecs" and len(loc) > 2 and loc[2] in SECONDARY_TAGS:
             loc.pop(2)  # nor is a compressed-domain entry's kind
+    if loc[:1] == ["codecs"] and loc[2:3] == ["init"] and loc[3:4] and loc[3] in INIT_FORMS:
+        loc.pop(3)  # nor the form of `init`
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key (misspelt?)"

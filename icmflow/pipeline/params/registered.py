@@ -3,14 +3,18 @@ task backends.
 
 Importing those registries imports PyTorch and CompressAI (seconds per process), so these checks
 run where the registries are used anyway: in `icmflow pipeline` (the first stage of every
-`dvc repro` after params.yaml changes) and in the stages that build learned codecs.
+`dvc repro` after params.yaml changes) and in the stages that build learned codecs. The initial
+weights of learned codecs (`init`) are read and checked by `icmflow pipeline` and train@ only.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
+from pathlib import Path
 
 from icmflow.pipeline.params.codecs import (
+    InitZoo,
     LearnedEntry,
     is_compressed_domain,
     is_learned,
@@ -189,6 +193,98 @@ def check_registered(params: Params) -> None:
     """Raise a `ParamsError` listing every entry the registries refuse."""
     problems = registered_problems(params) + task_problems(params)
     problems += scalable_registry_problems(params) + compressed_domain_problems(params)
+    _raise(params, problems)
+
+
+def _raise(params: Params, problems: list[Problem]) -> None:
     if problems:
         lines = [f"  {key}: {message}" for key, message in problems]
         raise ParamsError(f"{params.source} is invalid:\n" + "\n".join(lines))
+
+
+def _init_file_problem(params: Params, name: str, root: Path) -> str | None:
+    """Why the file codec `name` starts from is missing or does not fit its model."""
+    from icmflow.codecs.architectures import create_model
+    from icmflow.codecs.initial import fit_problem, read_weights, zoo_file, zoo_model_args
+    from icmflow.core.errors import CheckpointError
+
+    entry = params.learned(name)
+    hint = ""
+    if isinstance(entry.init, InitZoo):
+        zoo = entry.init
+        try:
+            path, url = zoo_file(zoo.zoo, zoo.quality, zoo.metric)
+        except ValueError as err:
+            return str(err)
+        if not path.is_file():
+            return (
+                f"the zoo file {path.name} is not in the torch hub cache (icmflow never "
+                f"downloads): fetch {url} by hand and put it at {path}"
+            )
+        hint = f" (quality {zoo.quality} has model_args {zoo_model_args(zoo.zoo, zoo.quality)})"
+    else:
+        path = root / entry.init.file
+    try:
+        weights = read_weights(path)
+    except CheckpointError as err:
+        return str(err)
+    problem = fit_problem(create_model(entry.arch, **entry.model_args), weights)
+    if problem:
+        return (
+            f"{path} does not fit codecs.{name} ({entry.arch}, model_args "
+            f"{entry.model_args}): {problem}{hint}"
+        )
+    return None
+
+
+def _init_entry_problem(params: Params, name: str) -> str | None:
+    """Why codec `name`'s model has other tensors than the entry it starts from."""
+    from icmflow.codecs.architectures import create_model, model_args_problem
+    from icmflow.codecs.initial import fit_problem
+
+    entry = params.learned(name)
+    base = params.learned(str(entry.init))
+    if base.model_args == entry.model_args or model_args_problem(base.arch, base.model_args):
+        return None  # the same tensors, or registered_problems names the base's arguments
+    problem = fit_problem(
+        create_model(entry.arch, **entry.model_args),
+        create_model(base.arch, **base.model_args).state_dict(),
+    )
+    if problem is None:
+        return None
+    return (
+        f"codecs.{name} (model_args {entry.model_args}) cannot start from codecs.{entry.init} "
+        f"(model_args {base.model_args}): {problem}"
+    )
+
+
+def init_weight_problems(
+    params: Params, names: Iterable[str], root: Path = Path(".")
+) -> list[Problem]:
+    """Learned codecs among `names` whose initial weights (`init`) do not fit their model: a
+    base entry whose model_args give other tensors, a file (relative to the project `root`) or
+    zoo file that is missing, unreadable or of other tensors. Reads those files: `icmflow
+    pipeline` and train@ check them."""
+    from icmflow.codecs.architectures import image_architectures, model_args_problem
+
+    problems: list[Problem] = []
+    for name in names:
+        entry = params.codec(name)
+        if not is_learned(entry) or entry.init is None:
+            continue
+        if entry.arch not in image_architectures() or model_args_problem(
+            entry.arch, entry.model_args
+        ):
+            continue  # registered_problems names it
+        if entry.init_entry is not None:
+            problem = _init_entry_problem(params, name)
+        else:
+            problem = _init_file_problem(params, name, root)
+        if problem:
+            problems.append((f"codecs.{name}.init", problem))
+    return problems
+
+
+def check_initial_weights(params: Params, names: Iterable[str], root: Path = Path(".")) -> None:
+    """Raise a `ParamsError` naming every codec among `names` whose `init` does not fit."""
+    _raise(params, init_weight_problems(params, names, root))
