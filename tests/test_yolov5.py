@@ -287,7 +287,7 @@ def test_fine_tuning_refuses_unknown_options_and_unmatched_categories(weights, c
         final_dir=tmp,
     )
     settings = TrainSettings(epochs=1, batch_size=2, initial=weights)
-    with pytest.raises(IcmflowError, match="no images to fine-tune on"):
+    with pytest.raises(IcmflowError, match=r"empty\.json: no images"):
         BACKEND.train(spec(weights), TrainingData(coco=empty), settings, tmp)
     assert not (tmp / "weights.pt").exists()
 

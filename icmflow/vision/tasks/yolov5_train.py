@@ -161,9 +161,7 @@ def fine_tune(spec: TaskModelSpec, data: TrainingData, settings: TrainSettings, 
     torch.manual_seed(settings.seed)
     # YOLOv5 saves its parameters with requires_grad off
     model = read_yolov5(Path(settings.initial)).to(spec.device).requires_grad_(True)
-    dataset = PreparedDataset.load(data.coco)
-    if not dataset.images:
-        raise IcmflowError(f"{data.coco}: no images to fine-tune on; check the coded train split")
+    dataset = PreparedDataset.load(data.coco)  # refuses a split without images
     mapping = class_mapping(dataset.data["categories"], class_names(model), None)
     batches = Batches(dataset, mapping.to_model, spec.input_size)
     loss = YoloV5Loss(model.detect, spec.input_size, gains)
