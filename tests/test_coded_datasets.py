@@ -186,3 +186,25 @@ def test_codecs_that_cannot_code_a_dataset_are_named(project):
         load_params("params.yaml")
     edit(project, lambda p: p["encode"]["datasets"]["photos"].update(codecs=["mse-1"]))
     assert load_params("params.yaml").coded_set("photos").codecs == ("mse-1",)
+
+
+def test_a_coded_dataset_of_its_own_resize(project):
+    """`encode.datasets.photos.resize`: its resize@ stage, its codecs on the resized photos;
+    the primary's stages untouched."""
+    edit(project, lambda p: p["encode"]["datasets"]["photos"].update(resize={"shorter_edge": 96}))
+    found = stages(project)
+    assert set(found["resize"]["foreach"]) == {"photos"}
+    assert found["resize"]["foreach"]["photos"]["p0"] == "encode.datasets.photos.resize"
+    assert found["encode-photos"]["foreach"]["jpeg-q10"]["d0"] == "data/resized/photos"
+    assert found["encode"]["foreach"]["jpeg-q10"]["d0"] == "data/prepared/sample"
+    ok("prepare", "photos")
+    ok("resize", "photos")
+    ok("encode", "jpeg-q10", "--dataset", "photos")
+    ok("evaluate", "jpeg-q10", "--dataset", "photos")
+    coded = json.loads(
+        (Paths().coded("jpeg-q10", "photos") / "annotations" / "all.json").read_text()
+    )
+    assert {min(im["width"], im["height"]) for im in coded["images"]} == {96}
+    metrics = json.loads((Paths().metrics("jpeg-q10", "photos") / "metrics.json").read_text())
+    assert metrics["resize"] == {"shorter_edge": 96, "pad_multiple": 1}
+    assert not (Paths().resized("photos") / "object").exists()  # no annotations, no masks

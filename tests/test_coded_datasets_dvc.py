@@ -7,9 +7,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.helpers.dvc import copy_project, ran_stages, resolved_stages, run, status
+from tests.helpers.dvc import (
+    copy_project,
+    missing_code,
+    ran_stages,
+    resolved_stages,
+    run,
+    status,
+)
 from tests.helpers.project import REPO
-from tests.test_dvc_deps import missing_code
 
 pytestmark = pytest.mark.slow
 
