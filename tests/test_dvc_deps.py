@@ -11,22 +11,8 @@ import yaml
 from icmflow.pipeline.dvcfile import render, stage_code
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure
 from icmflow.pipeline.params import load_params
-from tests.helpers.dvc import resolved_stages
+from tests.helpers.dvc import missing_code, resolved_stages
 from tests.helpers.project import REPO
-
-
-def missing_code(stages: dict[str, tuple[str, list[str]]], root: Path) -> dict[str, list[str]]:
-    """Files of icmflow that each `icmflow <stage>` command can run but its deps do not cover."""
-    missing = {}
-    for name, (cmd, deps) in stages.items():
-        command = cmd.split()[1]
-        needed = {Path(p).relative_to(root).as_posix() for p in stage_code(command)}
-        covered = {
-            n for n in needed if any(n == d or n.startswith(d.rstrip("/") + "/") for d in deps)
-        }
-        if needed - covered:
-            missing[name] = sorted(needed - covered)
-    return missing
 
 
 def test_committed_dvc_yaml_is_generated_from_params_and_current():

@@ -23,6 +23,12 @@ reads a dataset (`data.yaml` beside `images/` and `labels/`) with COCO JSON next
   (`add_cityscapes_layout`);
 - `summary.json`: per split, bpp = total bits / total pixels (not a mean of per-image bpp).
 
+With `pad_multiple` > 1 every image is padded bottom/right to a multiple of it (its edge pixels
+repeated) before the codec codes it, and the decoded image is cropped back to the image's own
+size: the decoded PNG, the annotations and every metric keep the image's geometry, the bitstream
+holds the padded image, and bpp counts the image's own pixels (CompressAI's evaluation pads and
+counts the same way). The coded annotations record the padding (`icmflow.pad_multiple`).
+
 Images are encoded in tasks of a few images on a dask cluster (or in this process), each worker
 building the codec once. Every file is written through a rename (at an fsspec URL: as one object
 in one request), and images whose bitstream and PNG already exist are not encoded again, so an
@@ -96,11 +102,24 @@ def coded_split(coded_dir: Path | str, split: str) -> Path:
     return _annotations(coded_dir, split)
 
 
+def pad_to(pixels: np.ndarray, multiple: int, mode: str = "edge") -> np.ndarray:
+    """`pixels` (H×W or H×W×C) padded bottom/right to a multiple of `multiple`: with its edge
+    values repeated, or zeros (`mode` constant)."""
+    height, width = pixels.shape[:2]
+    pad = [(0, -height % multiple), (0, -width % multiple)] + [(0, 0)] * (pixels.ndim - 2)
+    return pixels if multiple == 1 else np.pad(pixels, pad, mode=mode)
+
+
 def _encode_images(
-    spec: CodecSpec | RegionCodecSpec, out: str, split: str, images: list[tuple[str, str, int]]
+    spec: CodecSpec | RegionCodecSpec,
+    out: str,
+    split: str,
+    images: list[tuple[str, str, int]],
+    pad_multiple: int = 1,
 ) -> dict[str, Written]:
     """Encode (source path, file stem, image id) triples into split `split` of `out` (with
-    each image's ROI, for a `RegionCodecSpec`); what was written, by stem."""
+    each image's ROI, for a `RegionCodecSpec`), each padded to `pad_multiple` for the codec and
+    cropped back; what was written, by stem."""
     codec = spec.build()
     stores = dict(getattr(spec, "region_stores", ()))
     regions = MaskStore(stores[split]) if stores else None
@@ -115,11 +134,15 @@ def _encode_images(
             written[stem] = Written.of(name, bitstream.read_bytes(), decoded.read_bytes())
             continue
         rgb = read_rgb(source)
+        height, width = rgb.shape[:2]
+        rgb = pad_to(rgb, pad_multiple)
         if regions is None:
             coded = codec.encode(rgb)
-        else:
-            coded = codec.encode_region(rgb, _region(regions, image_id))
-        png = write_png(decoded, coded.decoded, compress_level=DECODED_PNG_LEVEL)
+        else:  # the padding holds no object
+            roi = pad_to(_region(regions, image_id), pad_multiple, "constant")
+            coded = codec.encode_region(rgb, roi)
+        pixels = coded.decoded[:height, :width]
+        png = write_png(decoded, pixels, compress_level=DECODED_PNG_LEVEL)
         write_bytes(bitstream, coded.data)  # last: its presence marks the image done
         written[stem] = Written.of(name, coded.data, png)
     return written
@@ -152,18 +175,22 @@ def encode_dataset(
     *,
     client: Client | None = None,
     images_per_task: int = 8,
+    pad_multiple: int = 1,
 ) -> dict[str, dict]:
     """Encode and decode every image of each split into the folder `out` (a path or an fsspec
-    URL), with the splits' annotations (COCO, YOLO labels, `data.yaml`); returns each split's
-    summary."""
+    URL), with the splits' annotations (COCO, YOLO labels, `data.yaml`), each image padded to
+    `pad_multiple` for the codec (module doc); returns each split's summary."""
     out = location(out)
     for dataset in splits.values():
         if not dataset.images:
             raise InputError(dataset.path, "", "no images to encode: bpp would be undefined")
-    digest = fingerprint(spec, {split: (str(d.path), d.data) for split, d in splits.items()})
+    padded = [pad_multiple] if pad_multiple > 1 else []  # unpadded: the fingerprint as before
+    digest = fingerprint(
+        spec, {split: (str(d.path), d.data) for split, d in splits.items()}, *padded
+    )
     _begin(out, digest)
     summaries = {
-        split: _encode_split(spec, dataset, out, split, client, images_per_task)
+        split: _encode_split(spec, dataset, out, split, client, images_per_task, pad_multiple)
         for split, dataset in splits.items()
     }
     write_json(out / "summary.json", summaries)
@@ -184,6 +211,7 @@ def _encode_split(
     split: str,
     client: Client | None,
     images_per_task: int,
+    pad_multiple: int,
 ) -> dict:
     stems = _output_stems(dataset)
     jobs = [
@@ -196,15 +224,18 @@ def _encode_split(
     with tqdm(total=len(jobs), desc=f"encode {split}", unit="img") as bar:
         if client is None:
             for task in tasks:
-                written |= _encode_images(*args, task)
+                written |= _encode_images(*args, task, pad_multiple)
                 bar.update(len(task))
         else:
-            futures = [client.submit(_encode_images, *args, task, pure=False) for task in tasks]
+            futures = [
+                client.submit(_encode_images, *args, task, pad_multiple, pure=False)
+                for task in tasks
+            ]
             for future in as_completed(futures):
                 done = future.result()
                 written |= done
                 bar.update(len(done))
-    return _write_index(dataset, stems, out, split, written)
+    return _write_index(dataset, stems, out, split, written, pad_multiple)
 
 
 def _write_index(
@@ -213,6 +244,7 @@ def _write_index(
     out: Path,
     split: str,
     written: dict[str, Written],
+    pad_multiple: int,
 ) -> dict:
     """The bpp table (with what was `written`, by stem) and annotations of a split whose images
     are all coded (as `stems`); its summary."""
@@ -240,11 +272,16 @@ def _write_index(
         "bpp": total_bits / total_pixels,
         "bpp_definition": "total bits of all bitstream files (headers included) / total pixels",
     }
-    coded = {
-        **dataset.data,
-        "images": images,
-        "icmflow": {"image_root": f"../images/{split}", "source": str(dataset.path)},
-    }
+    recorded = {"image_root": f"../images/{split}", "source": str(dataset.path)}
+    if pad_multiple > 1:
+        summary["pad_multiple"] = recorded["pad_multiple"] = pad_multiple
+        summary["bpp_definition"] += (
+            f" (the images' own pixels: each is coded padded to a multiple of {pad_multiple}, "
+            "the padding is not counted)"
+        )
+    if "resize" in dataset.data.get("icmflow", {}):
+        recorded["resize"] = dataset.data["icmflow"]["resize"]
+    coded = {**dataset.data, "images": images, "icmflow": recorded}
     write_json(_annotations(out, split), coded, indent=None)
     write_yolo_labels(out, split, coded)
     return summary
@@ -264,6 +301,14 @@ def add_cityscapes_layout(out: Path, split: str, ground_truth: Path) -> None:
         except OSError:
             shutil.copyfile(image, link)
     shutil.copytree(ground_truth, layout / "gtFine" / split, dirs_exist_ok=True)
+
+
+def bitstream_names(coded_dir: Path | str, split: str) -> dict[int, str]:
+    """Each image id's bitstream file, relative to the split's bitstream folder (as encode
+    recorded it in the bpp table)."""
+    table = location(coded_dir) / "bpp" / f"{split}.csv"
+    rows = csv.DictReader(io.StringIO(table.read_text(), newline=""))
+    return {int(row["image_id"]): row[BITSTREAM] for row in rows}
 
 
 def read_bytes_per_image(coded_dir: Path | str, split: str) -> dict[int, int]:

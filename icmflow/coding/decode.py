@@ -97,10 +97,12 @@ def decode_folder(
     *,
     files: Iterable[Path] | None = None,
     machine_folder: Path | None = None,
+    sizes: dict[Path, tuple[int, int]] | None = None,
 ) -> list[Decoded]:
     """Decode `files` (relative to `folder`; default every bitstream file under it) to
-    `out/<relative path>.png`; a layered codec finds each machine-layer file at the same
-    relative path, suffix `.bin`, under `machine_folder`."""
+    `out/<relative path>.png`, each cropped to its (height, width) in `sizes` when given (images
+    coded padded); a layered codec finds each machine-layer file at the same relative path,
+    suffix `.bin`, under `machine_folder`."""
     folder, out = Path(folder), Path(out)
     decoded = []
     for relative in bitstream_files(folder) if files is None else files:
@@ -108,6 +110,10 @@ def decode_folder(
         if machine_folder is not None:
             machine = Path(machine_folder) / Path(relative).with_suffix(LEARNED_SUFFIX)
         image = out / Path(relative).with_suffix(".png")
-        write_png(image, decode_file(codec, folder / relative, machine=machine))
+        pixels = decode_file(codec, folder / relative, machine=machine)
+        if sizes is not None:
+            height, width = sizes[Path(relative)]
+            pixels = pixels[:height, :width]
+        write_png(image, pixels)
         decoded.append(Decoded(folder / relative, image))
     return decoded

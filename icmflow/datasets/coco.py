@@ -322,7 +322,7 @@ def _check_image_files(
     return kept
 
 
-def _check_categories(raw: RawDataset) -> None:
+def check_categories(raw: RawDataset) -> None:
     """Every category needs an integer id of its own and a name. Never skipped: every
     annotation's class, and the class names of coded datasets and task models, depend on them."""
     seen: dict[int, str] = {}
@@ -492,7 +492,7 @@ def normalise(
     skip. A skipped image takes its annotations with it.
     """
     coco = raw.coco
-    _check_categories(raw)
+    check_categories(raw)
     listed = _check_image_entries(raw, problems)
     valid = _check_image_files(raw, listed, Path(image_root), problems, decode_images, workers)
     by_id = {coco["images"][i]["id"]: coco["images"][i] for i in valid}

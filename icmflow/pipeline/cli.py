@@ -90,7 +90,7 @@ def _bug(command: str, err: Exception) -> None:
     )
 
 
-def _run(stage: str, *args: str) -> None:
+def _run(stage: str, *args: str | None) -> None:
     """Load params and run `icmflow.stages.<stage>.run`."""
 
     def action() -> None:
@@ -137,12 +137,12 @@ def pipeline(
                     f"{target} does not match {path} and the code: run `icmflow pipeline`, "
                     "then `dvc repro` again (`make repro` does both)"
                 )
-            write_text(root / CHECK_OUT, CHECK_TEXT)
         elif stale(target, text):
             write_text(target, text)
             typer.echo(f"wrote {target}")
         else:
             typer.echo(f"{target} is current")
+        write_text(root / CHECK_OUT, CHECK_TEXT)  # so that `dvc repro --dry` finds it
 
     _guarded("pipeline", action)
 
@@ -205,16 +205,32 @@ def train(codec: Codec) -> None:
     _guarded("train", action)
 
 
+CodedDataset = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="A dataset of `encode.datasets` (default: `encode.dataset`, the primary one).",
+    ),
+]
+
+
 @app.command()
-def encode(codec: Codec) -> None:
+def encode(codec: Codec, dataset: CodedDataset = None) -> None:
     """Code the `encode` dataset split to real bitstreams and decoded PNGs (any codec family)."""
-    _run("encode", codec)
+    _run("encode", codec, dataset)
 
 
 @app.command()
-def evaluate(codec: Codec) -> None:
+def evaluate(codec: Codec, dataset: CodedDataset = None) -> None:
     """Measure bpp, PSNR, object-region PSNR and MS-SSIM of one coded dataset."""
-    _run("evaluate", codec)
+    _run("evaluate", codec, dataset)
+
+
+@app.command()
+def resize(dataset: Dataset) -> None:
+    """Resize a coded dataset's originals (its `resize`: shorter edge), with their annotations
+    and object masks, once for every codec and every comparison."""
+    _run("resize", dataset)
 
 
 @app.command()

@@ -15,7 +15,14 @@ writes dvc.yaml, and a test checks that the committed one is current:
   (DVC refuses keys that are not): the deepest key present on the way to each.
 - The first stage, `pipeline`, depends on params.yaml and the package and runs
   `icmflow pipeline --check`: a dvc.yaml that no longer matches them stops `dvc repro` with
-  the fix, instead of running a stale pipeline.
+  the fix, instead of running a stale pipeline. Its marker output, which every other stage
+  depends on (so that it runs first), persists (DVC does not delete it before the check runs,
+  nor after a failed check) and `icmflow pipeline` writes it too: `dvc repro --dry` never stops
+  on a missing marker.
+- Each coded dataset of `encode.datasets` gets groups of its own, `encode-<dataset>` and
+  `evaluate-<dataset>` (items: its codecs), so that editing it reruns only its stages and the
+  report; a coded dataset with `resize` gets `resize@<dataset>`, which its stages read instead
+  of the prepared dataset and its masks.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ from typing import Any
 import yaml
 
 from icmflow.evaluation.accuracy import HEADLINES
+from icmflow.pipeline.coded_sets import (
+    coded_splits,
+    has_objects,
+    object_masks_dir,
+    originals_dir,
+)
 from icmflow.pipeline.imports import PACKAGE_DIR, import_closure, top_level_closure
 from icmflow.pipeline.params import (
     Params,
@@ -38,6 +51,7 @@ from icmflow.pipeline.params import (
     is_trained,
 )
 from icmflow.pipeline.params.codecs import InitFile
+from icmflow.pipeline.params.project import CodedSet
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.training.objectives import OBJECTIVES
@@ -140,7 +154,7 @@ def _group(
     return {"foreach": slots, "do": do}
 
 
-def _stage(cmd: str, deps: Sequence[str], params: Sequence[str], outs: Sequence[str]) -> dict:
+def _stage(cmd: str, deps: Sequence[str], params: Sequence[str], outs: Sequence[Any]) -> dict:
     stage: dict[str, Any] = {"cmd": cmd, "deps": list(deps)}
     if params:
         stage["params"] = list(params)
@@ -161,6 +175,10 @@ class _Builder:
     def keys(self, *keys: str) -> list[str]:
         return present(self.raw, keys)
 
+    def written(self, *keys: str) -> list[str]:
+        """Those of `keys` written in params.yaml themselves (no ancestor instead)."""
+        return [key for key in keys if key in present(self.raw, [key])]
+
     def entry_keys(self, name: str, *, skip: frozenset[str] = frozenset({"series"})) -> list[str]:
         """The keys of codec entry `name` as written, but those that shape no output."""
         written = self.raw["codecs"][name]
@@ -168,8 +186,11 @@ class _Builder:
 
     def datasets(self) -> dict[str, Any]:
         paths, p = self.paths, self.params
-        items = {
-            name: ([entry.root], self.keys(f"datasets.{name}"))
+        items = {  # a dataset's own on_error replaces prepare.on_error
+            name: (
+                [entry.root],
+                self.keys(f"datasets.{name}", *([] if entry.on_error else ["prepare.on_error"])),
+            )
             for name, entry in p.datasets.items()
         }
         prepared = {name: ([str(paths.prepared(name))], []) for name in p.datasets}
@@ -181,7 +202,7 @@ class _Builder:
                 "icmflow prepare ${key}",
                 items,
                 code=[CHECK_OUT, *self.code("prepare")],
-                params=self.keys("prepare.on_error", "prepare.decode_images"),
+                params=self.keys("prepare.decode_images"),
                 outs=["data/prepared/${key}"],
             )
         }
@@ -219,7 +240,38 @@ class _Builder:
                 ),
                 outs=["data/masks/${key}/edge"],
             )
-        return stages
+        return stages | self.resized()
+
+    def resized(self) -> dict[str, Any]:
+        """`resize@<dataset>` for the coded datasets with `resize`."""
+        p, paths = self.params, self.paths
+        resized = {c.dataset: c for c in p.coded_sets() if c.resize is not None}
+        if not resized:
+            return {}
+        items = {
+            name: ([str(paths.prepared(name))], self.coded_keys(coded, resized=True))
+            for name, coded in resized.items()
+        }
+        return {
+            "resize": _group(
+                "icmflow resize ${key}",
+                items,
+                code=self.code("resize"),
+                params=self.keys("masks.crowd", "masks.images_per_shard"),
+                outs=["data/resized/${key}"],
+            )
+        }
+
+    def coded_keys(self, coded: CodedSet, *, resized: bool = False) -> list[str]:
+        """The params keys of `coded` its encode@ and evaluate@ read (`resized`: resize@, which
+        also resizes the primary's training split for the codecs fine-tuned on it)."""
+        if coded.primary:
+            keys = ["encode.dataset", "encode.split"]
+            keys += ["encode.resize"] if coded.resize is not None else []
+            if resized and len(coded_splits(self.params, coded)) > 1:
+                keys.append("encode.train_split")
+            return self.keys(*keys)
+        return self.written(*(f"{coded.key}.{field}" for field in ("split", "resize")))
 
     def training_inputs(self, name: str) -> list[str]:
         options = self.params.training(name)
@@ -260,31 +312,69 @@ class _Builder:
         """A scalable codec's machine layer: its machine codec's checkpoint."""
         return str(self.paths.checkpoint(machine))
 
-    def evaluated(self, name: str) -> list[str]:
+    def evaluated(self, name: str, coded: CodedSet) -> list[str]:
         """What evaluate@ reads: the coded dataset, and a scalable codec's machine layer's."""
-        entry, coded = self.params.codec(name), [str(self.paths.coded(name))]
-        return [*coded, str(self.paths.coded(entry.machine))] if is_scalable(entry) else coded
+        entry, own = self.params.codec(name), [str(self.paths.coded(name, coded.on))]
+        if is_scalable(entry):
+            return [*own, str(self.paths.coded(entry.machine, coded.on))]
+        return own
 
-    def codecs(self) -> dict[str, Any]:
+    def encode_items(self, coded: CodedSet) -> dict[str, Item]:
+        """encode@ items of `coded`'s codecs: their originals, own inputs and own keys."""
         p, paths = self.params, self.paths
-        encoded = str(paths.prepared(p.encode.dataset))
-        object_masks = str(paths.masks("object", p.encode.dataset))
-        encode_items = {}
-        for name, entry in p.codecs.items():
+        originals = str(originals_dir(paths, coded))
+        items = {}
+        for name in coded.codecs:
+            entry = p.codec(name)
             own_input = [str(paths.checkpoint(name))] if is_trained(entry) else []
             if is_scalable(entry):
                 own_input.append(self.layer(entry.machine))
-            if is_compressed_domain(entry):  # its machine bitstreams need the task network
+            if is_compressed_domain(entry) and coded.primary:  # machine bitstreams: the task's
                 own_input += self.task_weights(entry.machine_task)
             if is_roi(entry):  # its codec's checkpoint, and the ground-truth ROIs
-                own_input += [str(paths.checkpoint(entry.codec)), object_masks]
+                rois = object_masks_dir(paths, coded)
+                own_input += [str(paths.checkpoint(entry.codec)), str(rois)]
             own_keys = [f"codecs.{name}.family"] if is_trained(entry) else self.entry_keys(name)
-            if name in p.finetuned_codecs:  # codes the training split too
+            if coded.primary and len(coded_splits(p, coded, name)) > 1:  # the training split
                 own_keys += self.keys("encode.train_split")
-            encode_items[name] = ([encoded, *own_input], own_keys)
-        evaluated = [encoded]  # and the object masks, for object PSNR, where there are any
-        if p.dataset(p.encode.dataset).has_annotations:
-            evaluated.append(object_masks)
+            items[name] = ([originals, *own_input], own_keys)
+        return items
+
+    def coded_set(self, coded: CodedSet) -> dict[str, Any]:
+        """encode@ and evaluate@ of one coded dataset (groups `encode-<dataset>` and
+        `evaluate-<dataset>` for those of `encode.datasets`)."""
+        originals = str(originals_dir(self.paths, coded))
+        evaluated = [originals]  # and the object masks, for object PSNR, where there are any
+        if has_objects(self.params, coded) and coded.resize is None:
+            evaluated.append(str(object_masks_dir(self.paths, coded)))
+        suffix = "" if coded.primary else f"-{coded.dataset}"
+        option = "" if coded.primary else f" --dataset {coded.dataset}"
+        common, on = self.coded_keys(coded), coded.on
+        return {
+            f"encode{suffix}": _group(
+                f"icmflow encode ${{key}}{option}",
+                self.encode_items(coded),
+                code=self.code("encode"),
+                params=[*common, *self.keys("encode.device")],
+                outs=[f"{self.paths.coded('${key}', on)}"],
+            ),
+            f"evaluate{suffix}": _group(
+                f"icmflow evaluate ${{key}}{option}",
+                {name: (self.evaluated(name, coded), []) for name in coded.codecs},
+                code=[*evaluated, *self.code("evaluate")],
+                params=common,
+                outs=[
+                    f"{self.paths.metrics('${key}', on)}/per_image.csv",
+                    f"{self.paths.metrics('${key}', on)}/provenance.json",
+                ],
+                metrics=[f"{self.paths.metrics('${key}', on)}/metrics.json"],
+            ),
+        }
+
+    def codecs(self) -> dict[str, Any]:
+        p = self.params
+        primary, *others = p.coded_sets()
+        coding = self.coded_set(primary)
         return {
             "train": _group(
                 "icmflow train ${key}",
@@ -300,24 +390,8 @@ class _Builder:
                     "models/${key}/train_log.png",
                 ],
             ),
-            "encode": _group(
-                "icmflow encode ${key}",
-                encode_items,
-                code=self.code("encode"),
-                params=self.keys("encode.dataset", "encode.split", "encode.device"),
-                outs=["data/coded/${key}"],
-            ),
-            "evaluate": _group(
-                "icmflow evaluate ${key}",
-                {name: (self.evaluated(name), []) for name in p.codecs},
-                code=[*evaluated, *self.code("evaluate")],
-                params=self.keys("encode.dataset", "encode.split"),
-                outs=[
-                    "results/metrics/${key}/per_image.csv",
-                    "results/metrics/${key}/provenance.json",
-                ],
-                metrics=["results/metrics/${key}/metrics.json"],
-            ),
+            **coding,
+            **{k: v for coded in others for k, v in self.coded_set(coded).items()},
         }
 
     def bit_maps(self) -> dict[str, Any]:
@@ -333,8 +407,8 @@ class _Builder:
             "bitmaps": _group(
                 "icmflow bitmaps ${item.first} ${item.second}",
                 items,
-                code=[str(paths.prepared(p.encode.dataset)), *self.code("bitmaps")],
-                params=self.keys("encode.dataset", "encode.split"),
+                code=[str(originals_dir(paths, p.coded_set())), *self.code("bitmaps")],
+                params=self.coded_keys(p.coded_set()),
                 outs=["results/bitmaps/${key}"],
                 fields={key: {"first": a, "second": b} for key, (a, b) in pairs.items()},
             )
@@ -358,7 +432,7 @@ class _Builder:
         """What infer@<source>-<task> reads besides the task's weights: the images, or a
         compressed-domain codec's machine bitstreams and the checkpoint that decodes them."""
         if source == ORIGINAL:
-            return [str(self.paths.prepared(self.params.encode.dataset))]
+            return [str(originals_dir(self.paths, self.params.coded_set()))]
         entry, coded = self.params.codec(source), [str(self.paths.coded(source))]
         if is_compressed_domain(entry) and entry.machine_task == task:
             coded.append(str(self.paths.checkpoint(source)))
@@ -406,7 +480,7 @@ class _Builder:
                 for source, name in pairs
             },
             code=self.code("infer"),
-            params=self.keys("encode.dataset", "encode.split"),
+            params=self.coded_keys(p.coded_set()),
             outs=["results/tasks/${key}"],
             fields={f"{s}-{n}": {"source": s, "task": n} for s, n in pairs},
         )
@@ -425,7 +499,7 @@ class _Builder:
                     for codec, name in p.finetuned()
                 },
                 code=self.code("finetune"),
-                params=self.keys("encode.dataset", "encode.split", "encode.train_split"),
+                params=[*self.coded_keys(p.coded_set()), *self.keys("encode.train_split")],
                 outs=["models/finetuned/${key}", "results/finetuned/${key}"],
                 fields={f"{c}-{n}": {"codec": c, "task": n} for c, n in p.finetuned()},
             )
@@ -433,7 +507,7 @@ class _Builder:
 
     def report(self) -> dict[str, Any]:
         report = str(self.paths.report)
-        results = ["results/metrics"]
+        results = [str(self.paths.metrics("x", c.on).parent) for c in self.params.coded_sets()]
         if self.params.tasks:
             results.append("results/tasks")
         if self.params.finetuned():
@@ -443,7 +517,8 @@ class _Builder:
         return _stage(
             "icmflow report",
             [*results, *self.code("report")],
-            self.keys("codecs", "tasks", "report", "bit_maps"),
+            self.keys("codecs", "tasks", "report", "bit_maps")
+            + self.written("encode.resize", "encode.datasets"),
             [report],
         )
 
@@ -459,6 +534,23 @@ class _Builder:
         ):
             plots.append(
                 {title: {"x": "bpp", "y": {str(report / f"rd_{s}.csv"): quality for s in series}}}
+            )
+        for coded in self.params.coded_sets()[1:]:  # each of encode.datasets: its own set
+            folder = self.paths.rd_report(coded.on)
+            kept = {s for s in series if set(self.params.series()[s]) & set(coded.codecs)}
+            qualities = ("psnr", "object_psnr", "ms_ssim")
+            plots += [
+                str(folder / f"{q}_bpp.png")
+                for q in qualities
+                if q != "object_psnr" or has_objects(self.params, coded)
+            ]
+            plots.append(
+                {
+                    f"PSNR against bpp ({coded.dataset})": {
+                        "x": "bpp",
+                        "y": {str(folder / f"rd_{s}.csv"): "psnr" for s in series if s in kept},
+                    }
+                }
             )
         if any(is_scalable(entry) for entry in self.params.codecs.values()):
             # the report's Fig. 6 analogue (stages/report.py), human images of scalable codecs
@@ -480,7 +572,9 @@ class _Builder:
         package = os.path.relpath(PACKAGE_DIR, self.root.resolve())
         check_deps = ["params.yaml"] + ([package] if in_source_tree(self.root) else [])
         stages = {
-            "pipeline": _stage("icmflow pipeline --check", check_deps, [], [CHECK_OUT]),
+            "pipeline": _stage(
+                "icmflow pipeline --check", check_deps, [], [{CHECK_OUT: {"persist": True}}]
+            ),
             "sample": _stage(
                 "icmflow sample",
                 [CHECK_OUT, *self.code("sample")],

@@ -43,6 +43,9 @@ class _Job:
     files: list[Path]
     out: Path
     machine_folder: Path | None = None
+    sizes: dict[Path, tuple[int, int]] | None = None
+    """(height, width) to crop each file's image to: a coded dataset's images were coded
+    padded (`pad_multiple`)."""
 
 
 def coded_codec(coded_dir: Path) -> str:
@@ -55,7 +58,7 @@ def coded_codec(coded_dir: Path) -> str:
             f"{path}: missing or unreadable, so which codec wrote {coded_dir} is unknown: "
             "name it with --codec"
         ) from None
-    return stage.removeprefix("encode@")
+    return stage.rpartition("@")[2]  # encode@<codec>, encode-<dataset>@<codec>
 
 
 def _coded_root(source: Path) -> tuple[Path, str | None] | None:
@@ -94,8 +97,27 @@ def _jobs(source: Path, codec: str | None, split: str | None, out: Path) -> list
         else:
             files = [source.relative_to(folder) / f for f in bitstream_files(source)]
         machine_folder = None if machine is None else machine / BITSTREAMS / each
-        jobs.append(_Job(codec, folder, files, out / root.resolve().name / each, machine_folder))
+        target = out / root.resolve().name / each
+        jobs.append(_Job(codec, folder, files, target, machine_folder, _sizes(root, each)))
     return jobs
+
+
+def _sizes(root: Path, split: str) -> dict[Path, tuple[int, int]] | None:
+    """The size of each bitstream's image in a split of a coded dataset whose images were coded
+    padded (its annotations record `pad_multiple`); None for any other."""
+    annotations = root / "annotations" / f"{split}.json"
+    if not annotations.is_file():
+        return None
+    coded = json.loads(annotations.read_text())
+    if coded.get("icmflow", {}).get("pad_multiple", 1) == 1:
+        return None
+    from icmflow.coding.coded_dataset import bitstream_names
+
+    images = {image["id"]: image for image in coded["images"]}
+    return {
+        Path(name): (images[image_id]["height"], images[image_id]["width"])
+        for image_id, name in bitstream_names(root, split).items()
+    }
 
 
 def _machine_dataset(coded_dir: Path) -> Path | None:
@@ -127,7 +149,7 @@ def decode(
             coder = None if job.codec is None else coders[job.codec]
             machine = job.machine_folder or machine_bitstreams
             decoded += decode_folder(
-                coder, job.folder, job.out, files=job.files, machine_folder=machine
+                coder, job.folder, job.out, files=job.files, machine_folder=machine, sizes=job.sizes
             )
     if not decoded:
         raise MissingInputError(

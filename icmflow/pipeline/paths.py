@@ -36,11 +36,18 @@ class Paths:
     def train_log(self, codec: str) -> Path:
         return self.model(codec) / "train_log.csv"
 
-    def coded(self, codec: str) -> Path:
-        return self.root / "data" / "coded" / codec
+    def resized(self, dataset: str) -> Path:
+        """`resize@<dataset>`: the resized images, their prepared JSON per split and the object
+        masks of the resized images (`object/<split>.zarr`)."""
+        return self.root / "data" / "resized" / dataset
 
-    def metrics(self, codec: str) -> Path:
-        return self.root / "results" / "metrics" / codec
+    def coded(self, codec: str, on: str | None = None) -> Path:
+        """Codec `codec`'s coded dataset: of `encode.dataset` (`on` None), or of the dataset
+        `on` of `encode.datasets`."""
+        return self.root / "data" / _qualified("coded", on) / codec
+
+    def metrics(self, codec: str, on: str | None = None) -> Path:
+        return self.root / "results" / _qualified("metrics", on) / codec
 
     def task_model(self, task: str) -> Path:
         """A task model trained in the pipeline (`task@`): `weights.pt` and its provenance."""
@@ -71,6 +78,11 @@ class Paths:
     def report(self) -> Path:
         return self.root / "results" / "report"
 
+    def rd_report(self, on: str | None = None) -> Path:
+        """The RD table, BD-rates and plots of one coded dataset: the report's own folder for
+        `encode.dataset`, a folder in it for each dataset of `encode.datasets`."""
+        return self.report if on is None else self.report / on
+
     def work(self, stage: str, name: str) -> Path:
         """Resumable work in progress: outside every DVC output, so `dvc repro` keeps it."""
         return self.root / "data" / ".work" / stage / name
@@ -79,6 +91,10 @@ class Paths:
         """The lock a run of `stage` on `name` holds (`icmflow.core.locks`): beside its work
         folder, which a run empties and deletes."""
         return self.work(stage, name).with_name(f"{name}.lock")
+
+
+def _qualified(folder: str, on: str | None) -> str:
+    return folder if on is None else f"{folder}-{on}"
 
 
 def shared_store(storage_root: str, stage: str, name: str) -> str:

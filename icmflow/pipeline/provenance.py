@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,26 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def write_provenance(directory: Path, stage: str, params: dict[str, Any]) -> None:
-    """Write `directory/provenance.json` (no timestamp: reruns of the same inputs match)."""
+def write_provenance(
+    directory: Path,
+    stage: str,
+    params: dict[str, Any],
+    *,
+    command: str | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> None:
+    """Write `directory/provenance.json` (no timestamp: reruns of the same inputs match); with
+    the `command` that made the outputs and the digests of the `inputs` it read, which later
+    stages check theirs against (`icmflow.pipeline.freshness`)."""
+    record: dict[str, Any] = {"stage": stage, "params": params}
+    if command is not None:
+        record["command"] = command
+    if inputs is not None:
+        record["inputs"] = dict(inputs)
     write_json(
         directory / "provenance.json",
-        {
-            "stage": stage,
-            "params": params,
+        record
+        | {
             "git": git_state(),
             "packages": package_versions(),
             "python": sys.version.split()[0],

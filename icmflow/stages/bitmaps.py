@@ -6,8 +6,9 @@ from icmflow.codecs.checkpoint import load_codec
 from icmflow.core.errors import MissingInputError
 from icmflow.core.files import atomic_directory
 from icmflow.datasets.images import read_rgb
-from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.bit_allocation import write_bit_maps
+from icmflow.pipeline.coded_sets import load_originals
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import Params, ParamsError, check_registered
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -24,7 +25,10 @@ def run(params: Params, paths: Paths, first: str, second: str) -> None:
             raise MissingInputError(f"{checkpoint}: not found; run `icmflow train {name}` first")
         models[name] = load_codec(checkpoint)
     options = params.encode
-    dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    dataset = load_originals(paths, params.coded_set(), options.split)
+    inputs = current_inputs(
+        paths.root, [dataset.path, paths.checkpoint(first), paths.checkpoint(second)]
+    )
     images = [
         (
             str(image["file_name"]).rsplit(".", 1)[0].replace("/", "_"),
@@ -38,4 +42,6 @@ def run(params: Params, paths: Paths, first: str, second: str) -> None:
             out,
             f"bitmaps@{first}-vs-{second}",
             {"bit_maps": params.bit_maps.model_dump(), "encode": options.model_dump()},
+            command=command(params, "bitmaps", first, second),
+            inputs=inputs,
         )

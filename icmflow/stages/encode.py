@@ -1,4 +1,9 @@
-"""Stage `encode@<codec>`: a coded dataset through the codec's real bitstreams, any family."""
+"""Stage `encode@<codec>`: a coded dataset through the codec's real bitstreams, any family.
+
+With `--dataset` (stage `encode-<dataset>@<codec>`), the coded dataset of a dataset of
+`encode.datasets` instead of `encode.dataset`'s. A coded dataset with `resize` codes the resized
+originals (`resize@<dataset>`), each padded to its `pad_multiple` for the codec.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +19,24 @@ from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.core.storage import download, require_writable
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.store import store_attrs
+from icmflow.pipeline.coded_sets import (
+    arguments,
+    coded_splits,
+    load_originals,
+    object_masks,
+    stage_name,
+)
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import (
     Params,
+    ParamsError,
     check_registered,
     is_compressed_domain,
     is_roi,
     is_scalable,
     is_trained,
 )
+from icmflow.pipeline.params.project import CodedSet
 from icmflow.pipeline.paths import Paths, shared_store
 from icmflow.pipeline.provenance import write_provenance
 from icmflow.runtime.cluster import dask_client
@@ -30,12 +45,15 @@ from icmflow.runtime.devices import resolve_device
 log = logging.getLogger(__name__)
 
 
-def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec | RegionCodecSpec:
+def codec_spec(
+    params: Params, paths: Paths, name: str, coded: CodedSet | None = None
+) -> CodecSpec | RegionCodecSpec:
     """What the workers build codec `name` from: its checkpoint (an ROI codec's: its codec's,
-    and the object masks), or its classical settings."""
+    and the object masks of the coded dataset `coded`, the primary one by default), or its
+    classical settings."""
     entry = params.codec(name)
     if is_roi(entry):
-        return _roi_spec(params, paths, name)
+        return _roi_spec(params, paths, name, coded or params.coded_set())
     if not is_trained(entry):
         return entry.codec()
     from icmflow.coding.learned import LearnedCodecSpec  # PyTorch: learned codecs only
@@ -59,17 +77,20 @@ def codec_spec(params: Params, paths: Paths, name: str) -> CodecSpec | RegionCod
     return LearnedCodecSpec(str(checkpoint), file_digest(checkpoint), params.encode.device)
 
 
-def _roi_spec(params: Params, paths: Paths, name: str) -> RegionCodecSpec:
+def _roi_spec(params: Params, paths: Paths, name: str, coded: CodedSet) -> RegionCodecSpec:
     """ROI codec `name`: its learned codec's checkpoint, QF, and the object mask stores of the
     splits it codes (the ground-truth ROIs)."""
     from icmflow.coding.roi import RoiCodecSpec  # PyTorch: learned codecs only
 
-    entry, dataset = params.codec(name), params.encode.dataset
+    entry, dataset = params.codec(name), coded.dataset
     learned = codec_spec(params, paths, entry.codec)
-    stores = {split: paths.mask_store("object", dataset, split) for split in _splits(params, name)}
+    stores = {
+        split: object_masks(paths, coded, split) for split in coded_splits(params, coded, name)
+    }
+    stage = "masks" if coded.resize is None else "resize"
     for store in stores.values():
         if not store.is_dir():
-            raise MissingInputError(f"{store}: not found; run `icmflow masks {dataset}` first")
+            raise MissingInputError(f"{store}: not found; run `icmflow {stage} {dataset}` first")
     return RoiCodecSpec(
         learned.checkpoint,
         learned.sha256,
@@ -80,45 +101,67 @@ def _roi_spec(params: Params, paths: Paths, name: str) -> RegionCodecSpec:
     )
 
 
-def _splits(params: Params, name: str) -> list[str]:
-    """The splits encode@`name` codes: `encode.split`, and `encode.train_split` for codecs
-    some task is fine-tuned on."""
+def _spec_inputs(params: Params, paths: Paths, name: str, coded: CodedSet) -> list[Path]:
+    """The files and mask stores codec `name` codes `coded` with, besides the images."""
+    entry = params.codec(name)
+    if is_roi(entry):
+        splits = coded_splits(params, coded, name)
+        return [
+            paths.checkpoint(entry.codec),
+            *(object_masks(paths, coded, split) for split in splits),
+        ]
+    found = [paths.checkpoint(name)] if is_trained(entry) else []
+    if is_scalable(entry):
+        found.append(paths.checkpoint(entry.machine))
+    if is_compressed_domain(entry) and coded.primary:  # its machine bitstreams: the task's
+        from icmflow.pipeline.tasks import base_weights
+
+        found.append(base_weights(params, paths, entry.machine_task))
+    return found
+
+
+def run(params: Params, paths: Paths, name: str, dataset: str | None = None) -> None:
+    params.codec(name)  # an unknown codec: the error that says so
+    coded = params.coded_set(dataset)
+    if name not in coded.codecs:
+        raise ParamsError(f"{params.source} {coded.key}.codecs does not list codec {name!r}")
+    key = name if coded.primary else f"{name}@{coded.dataset}"
+    with exclusive(paths.lock("encode", key), f"icmflow encode {' '.join(arguments(name, coded))}"):
+        _run(params, paths, name, coded, paths.work("encode", key))
+
+
+def _run(params: Params, paths: Paths, name: str, coded: CodedSet, work_dir: Path) -> None:
     options = params.encode
-    names = [options.split]
-    if options.train_split and name in params.finetuned_codecs:
-        names.append(options.train_split)
-    return names
-
-
-def run(params: Params, paths: Paths, name: str) -> None:
-    with exclusive(paths.lock("encode", name), f"icmflow encode {name}"):
-        _run(params, paths, name)
-
-
-def _run(params: Params, paths: Paths, name: str) -> None:
-    options = params.encode
-    spec = codec_spec(params, paths, name)
+    spec = codec_spec(params, paths, name, coded)
     if params.storage.root is not None:
         require_writable(params.storage.root, "storage.root")
     splits = {
-        split: PreparedDataset.load(paths.prepared_split(options.dataset, split))
-        for split in _splits(params, name)
+        split: load_originals(paths, coded, split) for split in coded_splits(params, coded, name)
     }
+    inputs = current_inputs(
+        paths.root, [*(d.path for d in splits.values()), *_spec_inputs(params, paths, name, coded)]
+    )
+    pad = 1 if coded.resize is None else coded.resize.pad_multiple
     digests = [file_digest(dataset.path) for dataset in splits.values()]
-    work = WorkDir(paths.work("encode", name), fingerprint(spec, *digests))
+    work = WorkDir(work_dir, fingerprint(spec, *digests, *([pad] if pad > 1 else [])))
     if not work.resume():
         work.seal()
     out = work.path / "out"
     # with storage.root the workers write there, and the finished dataset is copied here
     root = params.storage.root
-    target = out if root is None else shared_store(root, "encode", name)
+    target = out if root is None else shared_store(root, "encode", work_dir.name)
     # splits are coded one after the other: the parallel work is the largest split's tasks
     tasks = max(-(-len(d.images) // options.images_per_task) for d in splits.values())
     with dask_client(
         options.scheduler, n_workers=options.n_workers, tasks=tasks, setting="encode.scheduler"
     ) as client:
         summaries = encode_dataset(
-            spec, splits, target, client=client, images_per_task=options.images_per_task
+            spec,
+            splits,
+            target,
+            client=client,
+            images_per_task=options.images_per_task,
+            pad_multiple=pad,
         )
     if root is not None:
         remove(out)
@@ -127,18 +170,20 @@ def _run(params: Params, paths: Paths, name: str) -> None:
         from icmflow.coding.layered import write_layers
 
         write_layers(out, spec, entry.machine)
-    if is_compressed_domain(entry):  # and its task's machine bitstreams
+    if is_compressed_domain(entry) and coded.primary:  # and its task's machine bitstreams
         _write_machine(params, paths, name, splits[options.split], out)
-    source = params.dataset(options.dataset)
+    source = params.dataset(coded.dataset)
     if source.format == "cityscapes":  # also in the layout Cityscapes tools read
         for split in splits:
             add_cityscapes_layout(out, split, source.split_paths(split)[0])
     write_provenance(
         out,
-        f"encode@{name}",
-        {"codec": {name: params.codec(name).model_dump()}, "encode": options.model_dump()},
+        stage_name("encode", name, coded),
+        {"codec": {name: params.codec(name).model_dump()}, "encode": _recorded(params, coded)},
+        command=command(params, "encode", *arguments(name, coded)),
+        inputs=inputs,
     )
-    replace(out, paths.coded(name))
+    replace(out, paths.coded(name, coded.on))
     work.discard()
     for split, summary in summaries.items():
         log.info(
@@ -149,6 +194,14 @@ def _run(params: Params, paths: Paths, name: str) -> None:
             summary["bpp"],
             summary["bpp_definition"],
         )
+
+
+def _recorded(params: Params, coded: CodedSet) -> dict:
+    """What the provenance records of the coded dataset's settings."""
+    if coded.primary:
+        return params.encode.model_dump()
+    entry = params.encode.datasets[coded.dataset].model_dump()
+    return {"dataset": coded.dataset, **entry, "split": coded.split}
 
 
 def _write_machine(

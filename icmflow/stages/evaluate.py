@@ -1,4 +1,9 @@
-"""Stage `evaluate@<codec>`: bpp, PSNR, object-region PSNR and MS-SSIM of one coded dataset."""
+"""Stage `evaluate@<codec>`: bpp, PSNR, object-region PSNR and MS-SSIM of one coded dataset.
+
+With `--dataset` (stage `evaluate-<dataset>@<codec>`), the coded dataset of a dataset of
+`encode.datasets`; a dataset without annotations has no object PSNR. Originals and object masks
+are the resized ones where the coded dataset has `resize`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,15 @@ from icmflow.core.files import atomic_directory, write_csv, write_json
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.evaluate import evaluate_coded
 from icmflow.masks.store import MaskStore
-from icmflow.pipeline.params import Params, is_scalable
+from icmflow.pipeline.coded_sets import (
+    arguments,
+    has_objects,
+    load_originals,
+    object_masks,
+    stage_name,
+)
+from icmflow.pipeline.freshness import command, current_inputs
+from icmflow.pipeline.params import Params, ParamsError, is_scalable
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
 
@@ -21,37 +34,48 @@ LAYER_DEFINITIONS = {
 """A scalable codec's rates: its human images need both layers' files."""
 
 
-def run(params: Params, paths: Paths, name: str) -> None:
-    entry, options = params.codec(name), params.encode
-    coded_dir = paths.coded(name)
-    sizes = read_bytes_per_image(coded_dir, options.split)
+def run(params: Params, paths: Paths, name: str, dataset: str | None = None) -> None:
+    entry, coded = params.codec(name), params.coded_set(dataset)
+    if name not in coded.codecs:
+        raise ParamsError(f"{params.source} {coded.key}.codecs does not list codec {name!r}")
+    split = coded.split
+    coded_dir = paths.coded(name, coded.on)
+    sizes = read_bytes_per_image(coded_dir, split)
+    read = [coded_dir / "bpp" / f"{split}.csv"]
     if is_scalable(entry):  # bpp: both layers; the additional layer's alone beside it
         from icmflow.coding.layered import layer_bytes, read_layers
 
-        layers = layer_bytes(paths.coded(entry.machine), coded_dir, options.split)
+        machine_dir = paths.coded(entry.machine, coded.on)
+        layers = layer_bytes(machine_dir, coded_dir, split)
         sizes = {image_id: size["total"] for image_id, size in layers.items()}
-    source = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
-    masks = (  # a dataset without annotations has no object masks: no object PSNR
-        MaskStore(paths.mask_store("object", options.dataset, options.split))
-        if params.dataset(options.dataset).has_annotations
-        else None
-    )
+        read.append(machine_dir / "bpp" / f"{split}.csv")
+    source = load_originals(paths, coded, split)
+    read.append(source.path)
+    masks = None  # a dataset without annotations has no object masks: no object PSNR
+    if has_objects(params, coded):
+        masks = MaskStore(object_masks(paths, coded, split))
+        read.append(object_masks(paths, coded, split))
+    inputs = current_inputs(paths.root, read)
     rows, summary = evaluate_coded(
-        source, PreparedDataset.load(coded_split(coded_dir, options.split)), masks, sizes
+        source, PreparedDataset.load(coded_split(coded_dir, split)), masks, sizes
     )
     if is_scalable(entry):
         summary |= _layer_rates(source, rows, layers) | {"layers": read_layers(coded_dir)}
         summary["definitions"] = {**summary["definitions"], **LAYER_DEFINITIONS}
-    with atomic_directory(paths.metrics(name)) as out:
+    if coded.resize is not None:
+        summary["resize"] = coded.resize.model_dump()
+    with atomic_directory(paths.metrics(name, coded.on)) as out:
         write_csv(out / "per_image.csv", rows, list(rows[0]) if rows else [])
         write_json(out / "metrics.json", {"codec": name, **summary})
+        recorded = {"dataset": coded.dataset, "split": split}
+        if coded.resize is not None:
+            recorded["resize"] = coded.resize.model_dump()
         write_provenance(
             out,
-            f"evaluate@{name}",
-            {
-                "codec": {name: entry.model_dump()},
-                "encode": {"dataset": options.dataset, "split": options.split},
-            },
+            stage_name("evaluate", name, coded),
+            {"codec": {name: entry.model_dump()}, "encode": recorded},
+            command=command(params, "evaluate", *arguments(name, coded)),
+            inputs=inputs,
         )
 
 

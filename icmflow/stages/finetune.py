@@ -6,10 +6,11 @@ from __future__ import annotations
 from icmflow.coding.coded_dataset import coded_split
 from icmflow.core.files import atomic_directory, remove
 from icmflow.core.locks import exclusive
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import Params, ParamsError
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.tasks import backend, base_weights, task_spec
-from icmflow.stages.infer import score_model
+from icmflow.stages.infer import score_model, source_dataset, source_file
 from icmflow.vision.tasks.base import TrainingData, TrainSettings
 
 
@@ -25,12 +26,16 @@ def _run(params: Params, paths: Paths, codec: str, task: str) -> None:
     finetune, options = entry.finetune, params.encode
     assert finetune is not None and options.train_split is not None  # params validation
     data = TrainingData(coco=coded_split(paths.coded(codec), options.train_split))
+    initial = base_weights(params, paths, task)
+    dataset = source_dataset(params, paths, codec)
+    read = [source_file(params, paths, codec, s) for s in (options.train_split, options.split)]
+    inputs = current_inputs(paths.root, [*read, initial])
     settings = TrainSettings(
         epochs=finetune.epochs,
         batch_size=finetune.batch_size,
         lr=finetune.lr,
         options=finetune.options,
-        initial=base_weights(params, paths, task),
+        initial=initial,
     )
     work = paths.work("finetune", f"{codec}-{task}")
     remove(work)
@@ -49,4 +54,7 @@ def _run(params: Params, paths: Paths, codec: str, task: str) -> None:
         paths.finetuned(codec, task),
         f"finetune@{codec}-{task}",
         {"codec": {codec: params.codec(codec).model_dump()}, "encode": options.model_dump()},
+        command=command(params, "finetune", codec, task),
+        inputs=inputs,
+        dataset=dataset,
     )

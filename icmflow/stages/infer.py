@@ -16,6 +16,8 @@ from pathlib import Path
 from icmflow.coding.coded_dataset import coded_split
 from icmflow.core.files import atomic_directory, write_json
 from icmflow.datasets.prepared import PreparedDataset
+from icmflow.pipeline.coded_sets import load_originals, originals
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import Params, is_compressed_domain
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
@@ -28,24 +30,39 @@ log = logging.getLogger(__name__)
 
 
 def source_dataset(params: Params, paths: Paths, source: str) -> PreparedDataset:
-    """The `encode.split` images of `source`: the original ones, or a codec's decoded ones."""
-    options = params.encode
+    """The `encode.split` images of `source`: the original ones (resized with
+    `encode.resize`), or a codec's decoded ones."""
+    split = params.encode.split
     if source == ORIGINAL:
-        return PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+        return load_originals(paths, params.coded_set(), split)
     params.codec(source)
-    return PreparedDataset.load(coded_split(paths.coded(source), options.split))
+    return PreparedDataset.load(coded_split(paths.coded(source), split))
+
+
+def source_file(params: Params, paths: Paths, source: str, split: str) -> Path:
+    """What identifies `source`'s images of `split`: the originals' JSON, or the coded
+    dataset's bpp table (it holds the digest of every file)."""
+    if source == ORIGINAL:
+        return originals(paths, params.coded_set(), split)
+    return paths.coded(source) / "bpp" / f"{split}.csv"
 
 
 def run(params: Params, paths: Paths, source: str, task: str) -> None:
+    weights = base_weights(params, paths, task)
+    dataset = source_dataset(params, paths, source)
+    read = [source_file(params, paths, source, params.encode.split), weights]
     score_model(
         params,
         paths,
         source,
         task,
-        base_weights(params, paths, task),
+        weights,
         paths.predictions(source, task),
         f"infer@{source}-{task}",
         {"encode": params.encode.model_dump()},
+        command=command(params, "infer", source, task),
+        inputs=current_inputs(paths.root, read),
+        dataset=dataset,
     )
 
 
@@ -58,11 +75,15 @@ def score_model(
     out_dir: Path,
     stage: str,
     recorded: dict,
+    *,
+    command: str,
+    inputs: dict[str, str],
+    dataset: PreparedDataset,
 ) -> None:
-    """Task `task`'s model in `weights` on `source`'s images: predictions, `accuracy.json` and
-    the provenance of `stage` (the task entry and `recorded` params) written to `out_dir`."""
+    """Task `task`'s model in `weights` on `source`'s images (`dataset`): predictions,
+    `accuracy.json` and the provenance of `stage` (the task entry and `recorded` params, the
+    `command` and the digests of its `inputs`) written to `out_dir`."""
     entry = params.task(task)
-    dataset = source_dataset(params, paths, source)
     truth = semantic_truth(params, task, dataset)
     categories = None if truth is None else truth.categories
     model, mapping = load_task_model(params, task, weights, dataset, categories)
@@ -76,7 +97,13 @@ def score_model(
     with atomic_directory(out_dir) as out:
         accuracy = score_predictions(entry.kind, dataset, predictions, mapping, out, semantic=truth)
         write_json(out / "accuracy.json", {"source": source, "task": task, **accuracy, **rate})
-        write_provenance(out, stage, {"tasks": {task: entry.model_dump()}, **recorded})
+        write_provenance(
+            out,
+            stage,
+            {"tasks": {task: entry.model_dump()}, **recorded},
+            command=command,
+            inputs=inputs,
+        )
     log.info("%s on %s: %s", task, source, _headline(accuracy))
 
 

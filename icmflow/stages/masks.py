@@ -16,6 +16,7 @@ from icmflow.core.locks import exclusive
 from icmflow.core.storage import download, require_writable
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.masks.build import build_object_masks
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import Params, ParamsError
 from icmflow.pipeline.paths import Paths, shared_store, shared_work
 from icmflow.pipeline.provenance import write_provenance
@@ -56,6 +57,7 @@ def build_split_stores(
         prepared = {
             split: PreparedDataset.load(paths.prepared_split(dataset, split)) for split in splits
         }
+        inputs = current_inputs(paths.root, (p.path for p in prepared.values()))
         shards = sum(-(-len(p.images) // options.images_per_shard) for p in prepared.values())
         with dask_client(
             options.scheduler,
@@ -75,7 +77,13 @@ def build_split_stores(
                 build(data, shared, shared_work(params.storage.root, stage, name), client)
                 remove(local)
                 download(shared, local)
-        write_provenance(staging, f"{stage}@{dataset}", recorded)
+        write_provenance(
+            staging,
+            f"{stage}@{dataset}",
+            recorded,
+            command=command(params, stage, dataset),
+            inputs=inputs,
+        )
         replace(staging, paths.masks(kind, dataset))
         remove(work)
 

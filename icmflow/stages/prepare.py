@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def run(params: Params, paths: Paths, dataset: str) -> None:
     source = params.dataset(dataset)
     options = source.reader_kwargs()
-    problems = ProblemLog(params.prepare.on_error)
+    on_error = source.on_error or params.prepare.on_error  # the dataset's own, if it has one
+    problems = ProblemLog(on_error)
     final = paths.prepared(dataset)
     counts = {}
     with atomic_directory(final) as out:
@@ -53,6 +54,7 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
             out / "report.json",
             {
                 "format": source.format,
+                "on_error": on_error,
                 "options": {k: str(v) for k, v in options.items()},
                 "splits": counts,
                 "skipped": problems.as_records(),
@@ -62,7 +64,10 @@ def run(params: Params, paths: Paths, dataset: str) -> None:
         write_provenance(
             out,
             f"prepare@{dataset}",
-            {"datasets": {dataset: source.model_dump()}, "prepare": params.prepare.model_dump()},
+            {
+                "datasets": {dataset: source.model_dump()},
+                "prepare": params.prepare.model_dump() | {"on_error": on_error},
+            },
         )
     if problems.skipped:
         log.warning("%d entries skipped; see %s", len(problems.skipped), final / "report.json")

@@ -1,5 +1,10 @@
 """Stage `report`: the RD table, BD-rates against the anchor series, and RD plots; with task
-models, the accuracy–rate table, its BD-rates and plots."""
+models, the accuracy–rate table, its BD-rates and plots.
+
+Every coded dataset gets its own RD set: `encode.dataset`'s in the report's folder, each of
+`encode.datasets` in a folder of it named after the dataset (`results/report/<dataset>/`). A
+dataset without annotations has no object PSNR (no plot, no BD-rate of it).
+"""
 
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ from icmflow.evaluation.report import (
     rd_table,
     scalable_table,
 )
+from icmflow.pipeline.coded_sets import arguments, has_objects
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import Params, is_scalable
+from icmflow.pipeline.params.project import CodedSet
 from icmflow.pipeline.params.tasks import ORIGINAL
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -46,8 +54,9 @@ def _load(path: Path, command: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _load_metrics(paths: Paths, name: str) -> dict:
-    metrics = _load(paths.metrics(name) / "metrics.json", f"evaluate {name}")
+def _load_metrics(paths: Paths, name: str, coded: CodedSet) -> dict:
+    evaluate = f"evaluate {' '.join(arguments(name, coded))}"
+    metrics = _load(paths.metrics(name, coded.on) / "metrics.json", evaluate)
     for key in QUALITY:  # JSON has no NaN: null stands for it
         metrics[key] = float("nan") if metrics[key] is None else metrics[key]
     return metrics
@@ -134,7 +143,7 @@ def _write_scalable(params: Params, paths: Paths, rows: list[dict], out: Path) -
     found = []
     for name, entry in params.codecs.items():
         if is_scalable(entry):
-            metrics = _load_metrics(paths, name)
+            metrics = _load_metrics(paths, name, params.coded_set())
             found.append(
                 {
                     **metrics,
@@ -168,11 +177,12 @@ def _write_scalable(params: Params, paths: Paths, rows: list[dict], out: Path) -
         )
 
 
-def _undefined_note(rows: list[dict]) -> str:
-    """A line for each quality no codec has a finite value of (its plot says so too)."""
+def _undefined_note(rows: list[dict], qualities: tuple[str, ...] = tuple(QUALITY)) -> str:
+    """A line for each of the `qualities` no codec has a finite value of (its plot says so
+    too)."""
     return "".join(
         f"\n{QUALITY[quality]} is undefined for every codec: {UNDEFINED[quality]}.\n"
-        for quality in QUALITY
+        for quality in qualities
         if rows and not any(math.isfinite(r[quality]) for r in rows)
     )
 
@@ -181,38 +191,117 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def run(params: Params, paths: Paths) -> None:
-    rows = rd_table(
+def _rd_rows(params: Params, paths: Paths, coded: CodedSet) -> list[dict]:
+    """The RD table of one coded dataset: a row per codec coding it."""
+    return rd_table(
         [
             {
-                **_load_metrics(paths, name),
-                "family": entry.family,
-                "series": entry.series_name,
-                "setting": entry.setting,
+                **_load_metrics(paths, name, coded),
+                "family": params.codec(name).family,
+                "series": params.codec(name).series_name,
+                "setting": params.codec(name).setting,
             }
-            for name, entry in params.codecs.items()
+            for name in coded.codecs
         ]
     )
-    options = params.report
-    bd = bd_rates(rows, options.anchors, options.bd_method)
-    with atomic_directory(paths.report) as out:
-        write_csv(out / "rd.csv", rows, COLUMNS)
-        for series in params.series():  # one file per series, for dvc.yaml's plots
-            write_csv(out / f"rd_{series}.csv", [r for r in rows if r["series"] == series], COLUMNS)
-        write_json(out / "bd_rate.json", bd)
-        bd_rows = [{**b, "bd_rate_percent": _nan(b["bd_rate_percent"])} for b in bd]
-        write_text(
-            out / "rd.md",
-            "# Rate–distortion\n\n"
-            + markdown_table(rows, COLUMNS)
-            + _note(options.anchors, options.bd_method)
-            + markdown_table(bd_rows, ("test", "anchor", "quality", "bd_rate_percent", "note"))
-            + "\nbpp = total bitstream bits / total pixels; PSNR and MS-SSIM are per-image "
-            + "means; object PSNR averages over images that have objects.\n"
-            + _undefined_note(rows),
+
+
+def _inputs(params: Params, paths: Paths) -> list[Path]:
+    """Every file the report reads (each one's absence named with the command that makes
+    it): metrics, task accuracies, bit-map indexes."""
+    needed: dict[Path, str] = {}
+    for coded in params.coded_sets():
+        for name in coded.codecs:
+            evaluate = f"evaluate {' '.join(arguments(name, coded))}"
+            needed[paths.metrics(name, coded.on) / "metrics.json"] = evaluate
+    for task in params.tasks:
+        for source in (ORIGINAL, *params.codecs):
+            needed[paths.predictions(source, task) / "accuracy.json"] = f"infer {source} {task}"
+    for codec, task in params.finetuned():
+        needed[paths.finetuned(codec, task) / "accuracy.json"] = f"finetune {codec} {task}"
+    for key, (first, second) in params.bit_map_pairs().items():
+        needed[paths.bit_maps(key) / "index.md"] = f"bitmaps {first} {second}"
+    for path, stage in needed.items():
+        if not path.is_file():
+            raise MissingInputError(f"{path}: missing; run `icmflow {stage}` first")
+    return list(needed)
+
+
+def _qualities(params: Params, coded: CodedSet) -> tuple[str, ...]:
+    """The qualities of a coded dataset: no object PSNR without annotations."""
+    return tuple(q for q in QUALITY if q != "object_psnr" or has_objects(params, coded))
+
+
+def _rd_notes(params: Params, coded: CodedSet) -> str:
+    """How bpp and the qualities are defined for `coded`."""
+    objects = (
+        "object PSNR averages over images that have objects"
+        if has_objects(params, coded)
+        else f"dataset {coded.dataset} has no annotations, so no object PSNR"
+    )
+    text = (
+        "\nbpp = total bitstream bits / total pixels; PSNR and MS-SSIM are per-image "
+        f"means; {objects}.\n"
+    )
+    if coded.resize is not None:
+        resize = coded.resize
+        text += (
+            f"\nImages resized to a shorter edge of {resize.shorter_edge} px (`resize@"
+            f"{coded.dataset}`), originals and every codec alike"
+            + (
+                f"; each coded padded to a multiple of {resize.pad_multiple}, the padding "
+                "cropped from the decoded image and not counted in bpp"
+                if resize.pad_multiple > 1
+                else ""
+            )
+            + ".\n"
         )
-        for quality, label in QUALITY.items():
-            plot_rd(rows, quality, out / f"{quality}_bpp.png", f"{label} against rate")
+    return text
+
+
+def _write_rd(
+    params: Params, coded: CodedSet, rows: list[dict], out: Path, others: list[CodedSet]
+) -> None:
+    """The RD set of one coded dataset in `out`: rd.csv (and one per series), bd_rate.json,
+    rd.md (linking the `others`' sets) and a plot per quality."""
+    options = params.report
+    qualities = _qualities(params, coded)
+    series = {r["series"] for r in rows}
+    anchors = [a for a in options.anchors if a in series]  # codecs may code a dataset or not
+    bd = bd_rates(rows, anchors, options.bd_method, qualities)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "rd.csv", rows, COLUMNS)
+    for name in params.series():  # one file per series, for dvc.yaml's plots
+        if name in series:
+            write_csv(out / f"rd_{name}.csv", [r for r in rows if r["series"] == name], COLUMNS)
+    write_json(out / "bd_rate.json", bd)
+    bd_rows = [{**b, "bd_rate_percent": _nan(b["bd_rate_percent"])} for b in bd]
+    title = "# Rate–distortion" + ("" if coded.primary else f": {coded.dataset} ({coded.split})")
+    links = "".join(f"- [{o.dataset}]({o.dataset}/rd.md) ({o.split})\n" for o in others)
+    write_text(
+        out / "rd.md",
+        f"{title}\n\n"
+        + markdown_table(rows, COLUMNS)
+        + _note(anchors or options.anchors, options.bd_method)
+        + markdown_table(bd_rows, ("test", "anchor", "quality", "bd_rate_percent", "note"))
+        + _rd_notes(params, coded)
+        + _undefined_note(rows, qualities)
+        + (f"\n## Other coded datasets\n\n{links}" if links else ""),
+    )
+    for quality in qualities:
+        plot_rd(rows, quality, out / f"{quality}_bpp.png", f"{QUALITY[quality]} against rate")
+
+
+def run(params: Params, paths: Paths) -> None:
+    read = _inputs(params, paths)
+    inputs = current_inputs(paths.root, read)
+    primary, *others = params.coded_sets()
+    rows = _rd_rows(params, paths, primary)
+    options = params.report
+    with atomic_directory(paths.report) as out:
+        _write_rd(params, primary, rows, out, others)
+        for coded in others:
+            _write_rd(params, coded, _rd_rows(params, paths, coded), out / coded.dataset, [])
         if params.tasks:
             _write_accuracy(params, paths, rows, out)
         if any(is_scalable(entry) for entry in params.codecs.values()):
@@ -226,5 +315,8 @@ def run(params: Params, paths: Paths) -> None:
                 "codecs": list(params.codecs),
                 "tasks": list(params.tasks),
                 "report": options.model_dump(),
+                "datasets": {c.dataset: c.split for c in params.coded_sets()},
             },
+            command=command(params, "report"),
+            inputs=inputs,
         )

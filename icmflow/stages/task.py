@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from icmflow.core.errors import MissingInputError
 from icmflow.core.files import atomic_directory, remove
 from icmflow.core.locks import exclusive
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import Params, ParamsError
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -23,7 +25,13 @@ def _run(params: Params, paths: Paths, name: str) -> None:
         raise ParamsError(
             f"task {name!r} has weights of its own (tasks.{name}.weights): no training"
         )
-    data = TrainingData(coco=paths.prepared_split(training.dataset, training.split))
+    source = paths.prepared_split(training.dataset, training.split)
+    if not source.is_file():
+        raise MissingInputError(
+            f"{source}: prepared dataset not found; run `icmflow prepare {training.dataset}`"
+        )
+    inputs = current_inputs(paths.root, [source])
+    data = TrainingData(coco=source)
     settings = TrainSettings(
         epochs=training.epochs,
         batch_size=training.batch_size,
@@ -39,5 +47,11 @@ def _run(params: Params, paths: Paths, name: str) -> None:
     final = paths.task_weights(name)
     with atomic_directory(final.parent) as out:
         weights.replace(out / final.name)
-        write_provenance(out, f"task@{name}", {"tasks": {name: entry.model_dump()}})
+        write_provenance(
+            out,
+            f"task@{name}",
+            {"tasks": {name: entry.model_dump()}},
+            command=command(params, "task", name),
+            inputs=inputs,
+        )
     remove(work)

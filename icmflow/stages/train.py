@@ -29,6 +29,7 @@ from icmflow.core.resume import WorkDir, file_digest, fingerprint
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.plots import plot_training_log
 from icmflow.masks.store import MaskStore
+from icmflow.pipeline.freshness import command, current_inputs
 from icmflow.pipeline.params import (
     CodecEntry,
     LearnedEntry,
@@ -56,9 +57,9 @@ def _written_args(params: Params, name: str) -> dict:
     return dict((params.secondary if is_secondary(entry) else params.learned)(name).objective_args)
 
 
-def objective_args(params: Params, paths: Paths, name: str) -> tuple[dict, list[str]]:
+def objective_args(params: Params, paths: Paths, name: str) -> tuple[dict, list[Path]]:
     """Codec `name`'s `objective_args`, a task name (`task: <key of tasks>`) resolved to that
-    task model's frozen task loss; and the digests of the files they read."""
+    task model's frozen task loss; and the files they read."""
     args = _written_args(params, name)
     if "task" not in args:
         return args, []
@@ -69,7 +70,7 @@ def objective_args(params: Params, paths: Paths, name: str) -> tuple[dict, list[
     weights = base_weights(params, paths, task)
     spec = task_spec(params, task, weights)
     args["task"] = load_task_loss(params.task(task).backend, spec)
-    return args, [file_digest(weights)]
+    return args, [weights]
 
 
 def run(params: Params, paths: Paths, name: str) -> None:
@@ -97,15 +98,20 @@ def _run(params: Params, paths: Paths, name: str) -> None:
         kind: paths.mask_store(kind, options.dataset, options.split)
         for kind in objective_cls.mask_kinds
     }
-    arguments, digests = objective_args(params, paths, name)
+    fingerprints = _mask_fingerprints(masks, options.dataset)
+    arguments, read = objective_args(params, paths, name)
+    init = init_path(params, paths, name)
+    inputs = current_inputs(
+        paths.root, [dataset.path, *masks.values(), *read, *([init] if init else [])]
+    )
     work = _work(
         paths,
         name,
         entry,
         options,
         dataset,
-        _mask_fingerprints(masks, options.dataset),
-        digests,
+        fingerprints,
+        [file_digest(path) for path in read],
         init_record,
     )
     with _training_group(work, device) as group:
@@ -130,7 +136,8 @@ def _run(params: Params, paths: Paths, name: str) -> None:
             group=group,
         )
     if group.main:
-        _save(paths, name, entry, options, result, objective.checkpoint_extra(), init_record)
+        kept = objective.checkpoint_extra()
+        _save(params, paths, name, entry, options, result, kept, init_record, inputs)
         work.discard()
 
 
@@ -203,6 +210,11 @@ def _run_scalable(params: Params, paths: Paths, name: str, device: torch.device)
     entry, options = params.scalable(name), params.training(name)
     machine_checkpoint = paths.checkpoint(entry.machine)
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
+    if not machine_checkpoint.is_file():
+        raise MissingInputError(
+            f"{machine_checkpoint}: not found; run `icmflow train {entry.machine}` first"
+        )
+    inputs = current_inputs(paths.root, [dataset.path, machine_checkpoint])
     work = _work(paths, name, entry, options, dataset, file_digest(machine_checkpoint))
     with _training_group(work, device) as group:
         model = build_scalable(
@@ -225,7 +237,7 @@ def _run_scalable(params: Params, paths: Paths, name: str, device: torch.device)
     if group.main:
         model, fields = _trained(result, entry, options)
         save_scalable(paths.checkpoint(name), model, machine_checkpoint, **fields)
-        _write_log(paths, name, entry, options)
+        _write_log(params, paths, name, entry, options, inputs)
         work.discard()
 
 
@@ -243,7 +255,9 @@ def _run_secondary(params: Params, paths: Paths, name: str, device: torch.device
             f"codecs.{name}; run `icmflow train {entry.primary}`"
         )
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
-    arguments, digests = objective_args(params, paths, name)
+    arguments, read = objective_args(params, paths, name)
+    inputs = current_inputs(paths.root, [dataset.path, primary, *read])
+    digests = [file_digest(path) for path in read]
     if arguments.get("gate") == "primary":
         gate = {
             key.removeprefix("gate."): value
@@ -291,7 +305,7 @@ def _run_secondary(params: Params, paths: Paths, name: str, device: torch.device
             aux_optimizer=result.aux_optimizer,
             extra=extra,
         )
-        _write_log(paths, name, entry, options)
+        _write_log(params, paths, name, entry, options, inputs)
         work.discard()
 
 
@@ -373,6 +387,7 @@ def _settings(options: TrainParams, group: Group) -> TrainSettings:
 
 
 def _save(
+    params: Params,
     paths: Paths,
     name: str,
     entry: LearnedEntry,
@@ -380,20 +395,27 @@ def _save(
     result: TrainResult,
     kept: dict,
     init: dict,
+    inputs: dict[str, str],
 ) -> None:
     """The checkpoint (after `update(force=True)`), the log and its plot, the provenance."""
     model, fields = _trained(result, entry, options, kept)
     save_checkpoint(
         paths.checkpoint(name), model, arch=entry.arch, model_args=entry.model_args, **fields
     )
-    _write_log(paths, name, entry, options, init)
+    _write_log(params, paths, name, entry, options, inputs, init)
 
 
 def _write_log(
-    paths: Paths, name: str, entry: CodecEntry, options: TrainParams, init: dict | None = None
+    params: Params,
+    paths: Paths,
+    name: str,
+    entry: CodecEntry,
+    options: TrainParams,
+    inputs: dict[str, str],
+    init: dict | None = None,
 ) -> None:
-    """The training log and its plot beside the checkpoint, and the provenance (with where
-    the initial weights came from, when not random)."""
+    """The training log and its plot beside the checkpoint, and the provenance (the inputs'
+    digests, and where the initial weights came from, when not random)."""
     replace(paths.work("train", name) / "train_log.csv", paths.train_log(name))
     plot_training_log(
         read_log(paths.train_log(name)), paths.model(name) / "train_log.png", f"train@{name}"
@@ -401,4 +423,10 @@ def _write_log(
     recorded = {"codec": {name: entry.model_dump()}, "train": options.model_dump()}
     if init:
         recorded["init"] = init
-    write_provenance(paths.model(name), f"train@{name}", recorded)
+    write_provenance(
+        paths.model(name),
+        f"train@{name}",
+        recorded,
+        command=command(params, "train", name),
+        inputs=inputs,
+    )

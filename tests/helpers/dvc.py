@@ -69,3 +69,20 @@ def resolved_stages(root: Path) -> dict[str, tuple[str, list[str]]]:
             stage.addressing: (stage.cmd, [os.path.relpath(d.fs_path, root) for d in stage.deps])
             for stage in repo.index.stages
         }
+
+
+def missing_code(stages: dict[str, tuple[str, list[str]]], root: Path) -> dict[str, list[str]]:
+    """Files of icmflow that each `icmflow <stage>` command can run but its deps do not cover
+    (`root`: what the deps are relative to, the source tree holding this icmflow)."""
+    from icmflow.pipeline.dvcfile import stage_code
+
+    missing = {}
+    for name, (cmd, deps) in stages.items():
+        command = cmd.split()[1]
+        needed = {Path(p).relative_to(root).as_posix() for p in stage_code(command)}
+        covered = {
+            n for n in needed if any(n == d or n.startswith(d.rstrip("/") + "/") for d in deps)
+        }
+        if needed - covered:
+            missing[name] = sorted(needed - covered)
+    return missing

@@ -19,7 +19,11 @@ from icmflow.datasets.coco import RawDataset
 
 class Reader(Protocol):
     def __call__(
-        self, annotations: Path | None, images: Path, problems: ProblemLog, **options: Any
+        self,
+        annotations: Path | list[Path] | None,
+        images: Path,
+        problems: ProblemLog,
+        **options: Any,
     ) -> RawDataset: ...
 
 
@@ -31,6 +35,8 @@ class FormatOptions(BaseModel):
     annotated: ClassVar[bool] = True
     """Whether the format has annotations (each split's `annotations`); without them a dataset
     serves codec training without object masks, encoding and RD evaluation only."""
+    several_annotation_files: ClassVar[bool] = False
+    """Whether a split's `annotations` may list several files, which the reader merges."""
 
     def reader_options(self, root: Path) -> dict[str, Any]:
         """The reader's keyword arguments; `root` is the dataset's folder."""

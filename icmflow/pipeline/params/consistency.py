@@ -225,12 +225,81 @@ def _bit_map_problems(params: Params) -> list[Problem]:
     return problems
 
 
+def _extra_split_problems(params: Params, dataset: str) -> list[Problem]:
+    """The split of `encode.datasets.<dataset>`: written, or the dataset's only one."""
+    key, split = f"encode.datasets.{dataset}", params.encode.datasets[dataset].split
+    if dataset not in params.datasets:
+        return [(key, f"{dataset!r} is not under datasets ({', '.join(params.datasets)})")]
+    splits = params.datasets[dataset].splits
+    if split is None and len(splits) > 1:
+        return [(f"{key}.split", f"dataset {dataset!r} has splits {', '.join(splits)}: name one")]
+    return [] if split is None else _split_problems(params, key, dataset, split)
+
+
+def _coded_set_problems(params: Params) -> list[Problem]:
+    """`encode.datasets` entries: other datasets than `encode.dataset`, existing splits, codecs
+    that can code them; resizes of datasets whose ground truth can be resized."""
+    problems: list[Problem] = []
+    for dataset, entry in params.encode.datasets.items():
+        key = f"encode.datasets.{dataset}"
+        if dataset == params.encode.dataset:
+            problems.append(
+                (key, "is encode.dataset, coded already: list the other datasets to code")
+            )
+            continue
+        problems += _extra_split_problems(params, dataset)
+        codecs = entry.codecs if entry.codecs is not None else list(params.codecs)
+        unknown = [c for c in codecs if c not in params.codecs]
+        if unknown:
+            problems.append((f"{key}.codecs", f"{unknown} are not under codecs"))
+            continue
+        for name in codecs:
+            codec = params.codecs[name]
+            if is_roi(codec) and unannotated(params, dataset):
+                problems.append(
+                    (
+                        f"{key}.codecs",
+                        f"{name} is a roi codec, which codes the objects' region, but "
+                        f"{dataset!r} has no annotations to draw it from: list the codecs that "
+                        "code it (without the roi ones)",
+                    )
+                )
+            if is_scalable(codec) and codec.machine not in codecs:
+                problems.append(
+                    (
+                        f"{key}.codecs",
+                        f"{name} codes its human layer on {codec.machine}'s coded images: list "
+                        f"{codec.machine} too",
+                    )
+                )
+    for coded in params.coded_sets():
+        format = params.datasets[coded.dataset].format if coded.dataset in params.datasets else ""
+        if coded.resize is not None and params.masks.source == "sam-boxes":
+            problems.append(
+                (
+                    f"{coded.key}.resize",
+                    "the resized images' object masks are drawn from the scaled annotations, "
+                    "not by SAM: with masks.source sam-boxes, evaluate at the images' own size",
+                )
+            )
+        if coded.resize is not None and format == "cityscapes":
+            problems.append(
+                (
+                    f"{coded.key}.resize",
+                    f"dataset {coded.dataset!r} is Cityscapes, whose ground truth (gtFine label "
+                    "images) is read at its own size: evaluate it unresized",
+                )
+            )
+    return problems
+
+
 def consistency_problems(params: Params) -> list[Problem]:
     problems = _training_problems(params) + _scalable_training_problems(params)
     problems += scalable_problems(params.codecs) + roi_problems(params.codecs)
     problems += secondary_problems(params.codecs)
     problems += init_problems(params.codecs)
     problems += _split_problems(params, "encode", params.encode.dataset, params.encode.split)
+    problems += _coded_set_problems(params)
     series = params.series()
     for anchor in params.report.anchors:
         if anchor not in series:

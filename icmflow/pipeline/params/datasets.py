@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import reduce
 from operator import or_
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -15,11 +15,11 @@ from icmflow.pipeline.params.sections import Name, Section
 
 
 class SplitParams(Section):
-    annotations: str | None = Field(
+    annotations: str | list[str] | None = Field(
         None,
-        description="relative to the dataset root: the COCO instances JSON (coco), or the "
-        "folder of annotations/ (visdrone), labels/<split> (yolo), gtFine/<split> (cityscapes); "
-        "none for format images",
+        description="relative to the dataset root: the COCO instances JSON (coco; or a list of "
+        "them, merged), or the folder of annotations/ (visdrone), labels/<split> (yolo), "
+        "gtFine/<split> (cityscapes); none for format images",
     )
     images: str = Field(description="image folder, relative to the dataset root")
 
@@ -28,6 +28,9 @@ class DatasetBase(Section):
     root: str = Field(description="folder holding the dataset; DVC tracks it as a dependency")
     splits: dict[Name, SplitParams] = Field(
         min_length=1, description="split name -> its files; names become file names"
+    )
+    on_error: Literal["raise", "skip"] | None = Field(
+        None, description="this dataset's bad entries: raise or skip; null: prepare.on_error"
     )
 
     @model_validator(mode="after")
@@ -45,6 +48,13 @@ class DatasetBase(Section):
                     f"splits.{split}.annotations: format {format} reads images only; remove it "
                     "(or use a format with annotations: coco, yolo, ...)"
                 )
+            if isinstance(entry.annotations, list) and not self.several_annotation_files:
+                raise ValueError(
+                    f"splits.{split}.annotations: format {format} reads one annotation folder "
+                    "per split; a list of files is for COCO JSON files (format coco)"
+                )
+            if isinstance(entry.annotations, list) and not entry.annotations:
+                raise ValueError(f"splits.{split}.annotations: an empty list; name a file")
         return self
 
     @property
@@ -54,11 +64,16 @@ class DatasetBase(Section):
         assert isinstance(self, FormatOptions)
         return self.annotated
 
-    def split_paths(self, split: str) -> tuple[Path | None, Path]:
-        """(annotations file or folder, or None without annotations; image folder) of `split`."""
+    def split_paths(self, split: str) -> tuple[Path | list[Path] | None, Path]:
+        """(annotations file or folder, a list of files where several are merged, or None
+        without annotations; image folder) of `split`."""
         root = Path(self.root)
         entry = self.splits[split]
-        annotations = None if entry.annotations is None else root / entry.annotations
+        annotations: Path | list[Path] | None = None
+        if isinstance(entry.annotations, list):
+            annotations = [root / name for name in entry.annotations]
+        elif entry.annotations is not None:
+            annotations = root / entry.annotations
         return annotations, root / entry.images
 
     def reader_kwargs(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, PrivateAttr
@@ -28,6 +29,7 @@ from icmflow.pipeline.params.sections import (
     Name,
     PrepareParams,
     ReportParams,
+    ResizeParams,
     SamParams,
     SampleParams,
     Section,
@@ -39,6 +41,29 @@ from icmflow.pipeline.params.tasks import TaskEntry
 
 class ParamsError(IcmflowError):
     """params.yaml is missing, unreadable or invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class CodedSet:
+    """A dataset split the codecs code and evaluate measures: `encode.dataset` (the primary one,
+    which tasks, fine-tuning and bit maps read) or an entry of `encode.datasets`."""
+
+    dataset: str
+    split: str
+    codecs: tuple[str, ...]
+    resize: ResizeParams | None
+    primary: bool
+
+    @property
+    def on(self) -> str | None:
+        """What names its stages and folders apart from the primary's: None for the primary
+        (`data/coded/<codec>`), else the dataset (`data/coded-<dataset>/<codec>`)."""
+        return None if self.primary else self.dataset
+
+    @property
+    def key(self) -> str:
+        """Its params key: `encode` for the primary, `encode.datasets.<dataset>` else."""
+        return "encode" if self.primary else f"encode.datasets.{self.dataset}"
 
 
 class Params(Section):
@@ -141,6 +166,35 @@ class Params(Section):
                 f"dataset {name!r} is not in {self.source} datasets ({', '.join(self.datasets)})"
             )
         return self.datasets[name]
+
+    def coded_sets(self) -> list[CodedSet]:
+        """The primary coded dataset, then those of `encode.datasets`, in params order."""
+        options = self.encode
+        sets = [CodedSet(options.dataset, options.split, tuple(self.codecs), options.resize, True)]
+        for name, entry in options.datasets.items():
+            splits = self.datasets[name].splits if name in self.datasets else {"": None}
+            sets.append(
+                CodedSet(
+                    name,
+                    entry.split or next(iter(splits)),
+                    tuple(self.codecs if entry.codecs is None else entry.codecs),
+                    entry.resize,
+                    False,
+                )
+            )
+        return sets
+
+    def coded_set(self, dataset: str | None = None) -> CodedSet:
+        """The coded dataset of `dataset` (None or `encode.dataset`: the primary one)."""
+        found = {s.dataset: s for s in self.coded_sets()}
+        key = self.encode.dataset if dataset is None else dataset
+        if key not in found:
+            raise ParamsError(
+                f"dataset {key!r} is not coded: {self.source} encode.dataset is "
+                f"{self.encode.dataset!r} and encode.datasets lists "
+                f"{', '.join(self.encode.datasets) or 'none'}"
+            )
+        return found[key]
 
     def series(self) -> dict[str, list[str]]:
         """Each RD series and its codecs, in params order."""

@@ -178,11 +178,43 @@ TrainOverrides = create_model(
 )
 
 
+class ResizeParams(Section):
+    """The evaluation resize (the auxiliary-loss paper's: shorter edge 800, padded to a multiple
+    of 64): the images every codec codes, and the originals they are measured against, resized
+    once (stage `resize@<dataset>`); annotations scaled, object masks made of the resized
+    images."""
+
+    shorter_edge: int = Field(gt=0, description="pixels of each image's shorter side")
+    pad_multiple: int = Field(
+        1,
+        gt=0,
+        description="every codec codes the image padded bottom/right (edge pixels repeated) to "
+        "a multiple of this; decoded images are cropped back, bpp counts the unpadded pixels",
+    )
+
+
+class CodedDatasetParams(Section):
+    """A dataset coded and evaluated besides `encode.dataset` (an entry of `encode.datasets`,
+    keyed by its name under `datasets`): every codec (or those listed) codes it, it gets its
+    own RD table, plots and BD-rates."""
+
+    split: str | None = Field(None, description="the split coded; null: the dataset's only split")
+    resize: ResizeParams | None = None
+    codecs: list[str] | None = Field(None, description="the codecs that code it; null: all")
+
+
 class EncodeParams(Section):
     dataset: str = "sample"
     split: str = Field("val", description="the split every codec is evaluated on")
     train_split: str | None = Field(
         None, description="coded too by the codecs task models are fine-tuned on (tasks.*.finetune)"
+    )
+    resize: ResizeParams | None = Field(
+        None, description="resize the coded dataset's images first (null: as they are)"
+    )
+    datasets: dict[Name, CodedDatasetParams] = Field(
+        default_factory=dict,
+        description="more datasets every codec codes, each evaluated and reported on its own",
     )
     device: str = "cpu"
     scheduler: str | None = Field(None, description="dask scheduler address; null: LocalCluster")
