@@ -329,11 +329,14 @@ class _Builder:
             key: ([str(paths.checkpoint(a)), str(paths.checkpoint(b))], self.keys("bit_maps"))
             for key, (a, b) in pairs.items()
         }
+        read = [str(paths.prepared(p.encode.dataset))]
+        if p.dataset(p.encode.dataset).has_annotations:  # bits inside and outside objects
+            read.append(str(paths.masks("object", p.encode.dataset)))
         return {
             "bitmaps": _group(
                 "icmflow bitmaps ${item.first} ${item.second}",
                 items,
-                code=[str(paths.prepared(p.encode.dataset)), *self.code("bitmaps")],
+                code=[*read, *self.code("bitmaps")],
                 params=self.keys("encode.dataset", "encode.split"),
                 outs=["results/bitmaps/${key}"],
                 fields={key: {"first": a, "second": b} for key, (a, b) in pairs.items()},

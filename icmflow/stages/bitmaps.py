@@ -1,4 +1,5 @@
-"""Stage `bitmaps@<first>-vs-<second>`: bit-allocation heat maps of two learned codecs."""
+"""Stage `bitmaps@<first>-vs-<second>`: bit-allocation heat maps of two learned codecs, and their
+bits inside and outside the object masks where `encode.dataset` has annotations."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from icmflow.core.files import atomic_directory
 from icmflow.datasets.images import read_rgb
 from icmflow.datasets.prepared import PreparedDataset
 from icmflow.evaluation.bit_allocation import write_bit_maps
+from icmflow.masks.store import MaskStore
 from icmflow.pipeline.params import Params, ParamsError, check_registered
 from icmflow.pipeline.paths import Paths
 from icmflow.pipeline.provenance import write_provenance
@@ -25,15 +27,15 @@ def run(params: Params, paths: Paths, first: str, second: str) -> None:
         models[name] = load_codec(checkpoint)
     options = params.encode
     dataset = PreparedDataset.load(paths.prepared_split(options.dataset, options.split))
-    images = [
-        (
-            str(image["file_name"]).rsplit(".", 1)[0].replace("/", "_"),
-            read_rgb(dataset.image_path(image)),
-        )
-        for image in dataset.images[: params.bit_maps.images]
-    ]
+    chosen = dataset.images[: params.bit_maps.images]
+    stems = [str(image["file_name"]).rsplit(".", 1)[0].replace("/", "_") for image in chosen]
+    images = [(s, read_rgb(dataset.image_path(i))) for s, i in zip(stems, chosen, strict=True)]
+    masks = None  # bits inside and outside objects, where the dataset has object masks
+    if params.dataset(options.dataset).has_annotations:
+        store = MaskStore(paths.mask_store("object", options.dataset, options.split))
+        masks = {s: store.mask(i["id"]) for s, i in zip(stems, chosen, strict=True)}
     with atomic_directory(paths.bit_maps(f"{first}-vs-{second}")) as out:
-        write_bit_maps(models, images, out)
+        write_bit_maps(models, images, out, masks)
         write_provenance(
             out,
             f"bitmaps@{first}-vs-{second}",
