@@ -19,7 +19,7 @@ export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 endif
 export UV_INDEX_STRATEGY ?= unsafe-best-match
 
-.PHONY: install lock repro demo papers task-driven test lint bench clean
+.PHONY: install lock repro demo papers task-driven study-coco test lint bench clean
 
 install: $(STAMP)
 
@@ -60,6 +60,13 @@ papers: install
 task-driven: install
 	$(BIN)/icmflow --params task-driven/params.yaml pipeline
 	cd task-driven && $(CURDIR)/$(BIN)/dvc repro
+
+# The real-data study (README "Real data: COCO"): COCO images and detectors from ../shared beside
+# the repository. One torch thread per process unless OMP_NUM_THREADS says otherwise: on the
+# shared 2-core machine two threads trained 3x slower than one.
+study-coco: install
+	$(BIN)/icmflow --params studies/coco/params.yaml pipeline
+	cd studies/coco && OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(CURDIR)/$(BIN)/dvc repro
 
 # Two workers (pytest-xdist), one test file each at a time (module fixtures are built once), one
 # thread each: the suite's DVC runs and trainings are mostly single-threaded.

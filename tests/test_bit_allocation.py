@@ -61,6 +61,34 @@ def test_the_maps_show_where_bits_go(tmp_path):
     assert "a/im.png" in index and "b/im.png" in index and "difference/im.png" in index
 
 
+def test_bits_inside_and_outside_the_object_masks(tmp_path):
+    """With object masks, each row has the map's bits on the object pixels and index.md the
+    bits per pixel inside and outside objects over all images."""
+    images = [("flat", textured_image(128, 128)), ("textured", textured_image(64, 128, seed=3))]
+    images[0][1][:, :64] = 128
+    masks = {"flat": np.zeros((128, 128), bool), "textured": np.ones((64, 128), bool)}
+    masks["flat"][:, 64:] = True  # the textured half
+    first, second = tiny_codec(gain=20.0), tiny_codec(seed=1, gain=40.0)
+    rows = write_bit_maps({"a": first, "b": second}, images, tmp_path, masks)
+    inside, total = {"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}
+    for row, (stem, rgb) in zip(rows, images, strict=True):
+        assert row["object_pixels"] == masks[stem].sum()
+        for name, model in (("a", first), ("b", second)):
+            bits = bit_allocation(model, rgb).image
+            assert row[f"{name}_object_bits"] == pytest.approx(bits[masks[stem]].sum())
+            inside[name] += bits[masks[stem]].sum()
+            total[name] += bits.sum()
+    assert rows[0]["a_object_bits"] > rows[0]["a_map_bits"] / 2  # the textured half costs more
+    index = (tmp_path / "index.md").read_text()
+    assert "Bits inside and outside objects (2 images, 66.7% of their pixels in objects)" in index
+    for name in ("a", "b"):
+        outside = (total[name] - inside[name]) / (128 * 64)
+        line = f"| {name} | {inside[name] / (2 * 128 * 64):.4f} | {outside:.4f} |"
+        assert line in index and f"{inside[name] / total[name]:.1%} |" in index
+    with (tmp_path / "bits.csv").open() as handle:
+        assert "a_object_bits" in next(csv.reader(handle))
+
+
 def test_bit_map_pairs_must_name_two_learned_codecs(tmp_path):
     import yaml
 

@@ -16,7 +16,7 @@ image (a multiple of 64, as the codec codes it) and cropped to the image for dis
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,15 +177,21 @@ def write_difference_map(path: Path, first: np.ndarray, second: np.ndarray, limi
 
 
 def write_bit_maps(
-    models: dict[str, CompressionModel], images: Sequence[tuple[str, np.ndarray]], out: Path
+    models: dict[str, CompressionModel],
+    images: Sequence[tuple[str, np.ndarray]],
+    out: Path,
+    masks: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Heat maps `out/<codec>/<stem>.png` of two codecs on `images` (stem, RGB), their
     difference `out/difference/<stem>.png`, `bits.csv` (the maps' sums and the real bits) and
-    `index.md` linking them all; one colour scale per image for both codecs. Returns the rows."""
+    `index.md` linking them all; one colour scale per image for both codecs. With object
+    `masks` (stem -> H×W bool), each row also has the map's bits inside the object pixels, and
+    `index.md` opens with the bits inside and outside objects over all images. Returns the
+    rows."""
     if len(models) != 2:
         raise ValueError(f"bit maps compare two codecs, got {list(models)}")
     (first, a), (second, b) = models.items()
-    rows, lines = [], [_index_header(first, second)]
+    rows, lines = [], []
     for stem, rgb in images:
         maps = {first: bit_allocation(a, rgb), second: bit_allocation(b, rgb)}
         scale = max(float(np.percentile(m.image, 99)) for m in maps.values())
@@ -197,8 +203,13 @@ def write_bit_maps(
             out / "difference" / f"{stem}.png", *(m.image for m in maps.values()), limit
         )
         row: dict = {"image": stem, "pixels": rgb.shape[0] * rgb.shape[1], "scale_bpp": scale}
+        mask = None if masks is None else masks[stem]
+        if mask is not None:
+            row["object_pixels"] = int(mask.sum())
         for name, model in ((first, a), (second, b)):
             row[f"{name}_map_bits"] = maps[name].total
+            if mask is not None:
+                row[f"{name}_object_bits"] = float(maps[name].image[mask].sum(dtype=np.float64))
             row[f"{name}_source"] = maps[name].source
             row[f"{name}_real_bits"] = real_bits(model, rgb)
         rows.append(row)
@@ -209,20 +220,41 @@ def write_bit_maps(
         )
     columns = list(rows[0]) if rows else ["image"]
     write_csv(out / "bits.csv", rows, columns)
-    write_text(out / "index.md", "".join(lines))
+    summary = inside_outside(rows, (first, second)) if masks is not None and rows else ""
+    write_text(out / "index.md", _index_header(first, second, summary) + "".join(lines))
     return rows
+
+
+def inside_outside(rows: Sequence[dict], codecs: Sequence[str]) -> str:
+    """A table of each codec's map bits inside and outside the object pixels of all `rows`
+    (bits per pixel of each region, and the share of the bits spent on objects)."""
+    pixels = sum(r["pixels"] for r in rows)
+    inside = sum(r["object_pixels"] for r in rows)
+    lines = [
+        f"## Bits inside and outside objects ({len(rows)} images, {inside / pixels:.1%} of "
+        "their pixels in objects)\n\n| codec | bpp in objects | bpp outside | share of bits in "
+        "objects |\n| --- | --- | --- | --- |\n"
+    ]
+    for name in codecs:
+        total = sum(r[f"{name}_map_bits"] for r in rows)
+        objects = sum(r[f"{name}_object_bits"] for r in rows)
+        lines.append(
+            f"| {name} | {objects / max(inside, 1):.4f} | "
+            f"{(total - objects) / max(pixels - inside, 1):.4f} | {objects / total:.1%} |\n"
+        )
+    return "".join(lines) + "\n"
 
 
 def _bpp(row: dict, name: str) -> str:
     return f"{row[f'{name}_real_bits'] / row['pixels']:.4f} bpp"
 
 
-def _index_header(first: str, second: str) -> str:
+def _index_header(first: str, second: str, summary: str) -> str:
     return (
         f"# Bit allocation: {first} against {second}\n\n"
         "Bits per pixel from each codec's likelihoods (inferno: black none, bright the image's "
         "99th percentile over both codecs and above); difference: "
         f"{second} − {first} (red: {second} spends more, blue: less). The bpp under each map is "
         "the real bitstream's (bits.csv: the maps' sums and the real bits per image).\n\n"
-        f"| image | {first} | {second} | difference |\n| --- | --- | --- | --- |\n"
+        f"{summary}| image | {first} | {second} | difference |\n| --- | --- | --- | --- |\n"
     )

@@ -403,12 +403,16 @@ class _Builder:
             key: ([str(paths.checkpoint(a)), str(paths.checkpoint(b))], self.keys("bit_maps"))
             for key, (a, b) in pairs.items()
         }
+        coded = p.coded_set()
+        read = [str(originals_dir(paths, coded))]
+        if has_objects(p, coded):  # bits inside and outside objects
+            read.append(str(object_masks_dir(paths, coded)))
         return {
             "bitmaps": _group(
                 "icmflow bitmaps ${item.first} ${item.second}",
                 items,
-                code=[str(originals_dir(paths, p.coded_set())), *self.code("bitmaps")],
-                params=self.coded_keys(p.coded_set()),
+                code=[*read, *self.code("bitmaps")],
+                params=self.coded_keys(coded),
                 outs=["results/bitmaps/${key}"],
                 fields={key: {"first": a, "second": b} for key, (a, b) in pairs.items()},
             )
