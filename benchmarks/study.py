@@ -4,8 +4,8 @@ Writes a DVC project of its own, `studies/coco-run/` (git-ignored), whose params
 params file (default `studies/coco/params-gpu.yaml`) with its data and detectors read from
 `ICMFLOW_SAMPLES` and the `models/` folder beside it; then runs `icmflow pipeline` and `dvc
 repro` there, timed, and copies the report's tables to OUT. `--smoke` runs it at toy size (a few
-images of each split, two training steps, one codec per family, both detectors, one fine-tuning):
-what `SMOKE=1 benchmarks/device.sh` runs on a CPU to check the script, and what
+images of each split, two training steps, three learned codecs and JPEG, both detectors, one
+fine-tuning): what `SMOKE=1 benchmarks/device.sh` runs on a CPU to check the script, and what
 `tests/test_study_coco.py` runs through `dvc repro` beside a copy of the project.
 
     python benchmarks/study.py results/device/study                       # the GPU study
@@ -36,8 +36,8 @@ SPLITS = {
 """Each split's sample folder, annotation file and the images a toy run keeps (a crowd region
 among the val ones)."""
 WEIGHTS = ("yolov5n.pt", "yolov8n_full_integer_quant.tflite")
-TOY_CODECS = ("base", "mse-2", "object-2", "jpeg-q20", "webp-q20", "avif-q30")
-"""One codec per family at toy size: the base, an MSE and an object codec fine-tuned from it."""
+TOY_CODECS = ("base", "mse-2", "object-2", "jpeg-q20")
+"""The codecs a toy run keeps: the base, an MSE and an object codec fine-tuned from it, JPEG."""
 
 
 def shared_subset(samples: Path, models: Path, shared: Path) -> dict[str, list[int]]:

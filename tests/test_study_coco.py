@@ -2,7 +2,7 @@
 size, on a few real COCO images laid out as ../shared lays them out beside a copy of the project
 (skipped without ../shared): its relative paths to the data and detectors as committed, masks
 from the real polygons and crowd regions, a base codec and an MSE and an object codec fine-tuned
-from it, one codec per classical family, both detectors on every source, one fine-tuning, the
+from it, JPEG (the anchor), both detectors on every source, one fine-tuning, the
 bit maps and the report."""
 
 from __future__ import annotations
