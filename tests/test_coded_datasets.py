@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 
 import pytest
 import yaml
@@ -17,8 +16,7 @@ from icmflow.pipeline.dvcfile import render
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
 from tests.helpers.layouts import write_photos
-from tests.helpers.params import learned_entry
-from tests.helpers.project import REPO
+from tests.helpers.params import edit_params, learned_entry, sample_params
 
 runner = CliRunner()
 CODECS = {f"jpeg-q{q}": {"family": "jpeg", "quality": q} for q in (10, 40)}
@@ -29,27 +27,14 @@ CODECS |= {f"webp-q{q}": {"family": "webp", "quality": q} for q in (10, 40)}
 def project(tmp_path, monkeypatch, sample_root):
     """The sample (COCO, annotated) as `encode.dataset` and a folder of photos (format images)
     in `encode.datasets`, classical codecs only."""
-    shutil.copytree(sample_root, tmp_path / "coco")
+    params = sample_params(tmp_path, sample_root, CODECS)
     write_photos(tmp_path / "photos", {"p1.png": (200, 180), "sub/p2.jpg": (170, 210)})
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"] = {
-        "sample": {**params["datasets"]["sample"], "root": str(tmp_path / "coco")},
-        "photos": {"format": "images", "root": "photos", "splits": {"all": {"images": "."}}},
-    }
-    params["masks"].update(n_workers=1, images_per_shard=4)
-    params["codecs"] = CODECS
-    params["encode"].update(n_workers=1, train_split=None, datasets={"photos": {}})
-    params["tasks"] = {}
-    params["report"]["anchors"] = ["jpeg"]
+    photos = {"format": "images", "root": "photos", "splits": {"all": {"images": "."}}}
+    params["datasets"]["photos"] = photos
+    params["encode"]["datasets"] = {"photos": {}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def edit(project, change) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    change(params)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def ok(*command: str) -> None:
@@ -111,7 +96,7 @@ def test_each_dataset_is_coded_evaluated_and_reported_on_its_own(project):
 
 
 def test_a_dataset_may_be_coded_by_some_codecs(project):
-    edit(project, lambda p: p["encode"]["datasets"]["photos"].update(codecs=["jpeg-q10"]))
+    edit_params(project, lambda p: p["encode"]["datasets"]["photos"].update(codecs=["jpeg-q10"]))
     found = stages(project)
     assert set(found["encode-photos"]["foreach"]) == {"jpeg-q10"}
     assert set(found["encode"]["foreach"]) == set(CODECS)
@@ -121,7 +106,7 @@ def test_a_dataset_may_be_coded_by_some_codecs(project):
 
 
 def test_each_coded_dataset_has_stages_of_its_own(project):
-    edit(project, lambda p: p["encode"]["datasets"]["photos"].update(split="all"))
+    edit_params(project, lambda p: p["encode"]["datasets"]["photos"].update(split="all"))
     found = stages(project)
     encode, evaluate = found["encode-photos"], found["evaluate-photos"]
     assert encode["do"]["cmd"] == "icmflow encode ${key} --dataset photos"
@@ -157,19 +142,19 @@ def test_each_coded_dataset_has_stages_of_its_own(project):
     ],
 )
 def test_coded_datasets_are_checked(project, change, message):
-    edit(project, lambda p: change(p["encode"]))
+    edit_params(project, lambda p: change(p["encode"]))
     with pytest.raises(ParamsError, match=message):
         load_params("params.yaml")
 
 
 def test_a_split_is_needed_where_the_dataset_has_several(project):
-    edit(
+    edit_params(
         project,
         lambda p: p["encode"].update(dataset="photos", split="all", datasets={"sample": {}}),
     )
     with pytest.raises(ParamsError, match=r"encode.datasets.sample.split: dataset 'sample' has"):
         load_params("params.yaml")
-    edit(project, lambda p: p["encode"]["datasets"]["sample"].update(split="val"))
+    edit_params(project, lambda p: p["encode"]["datasets"]["sample"].update(split="val"))
     assert [(c.dataset, c.split) for c in load_params("params.yaml").coded_sets()] == [
         ("photos", "all"),
         ("sample", "val"),
@@ -181,17 +166,19 @@ def test_codecs_that_cannot_code_a_dataset_are_named(project):
         params["codecs"]["mse-1"] = learned_entry("mse")
         params["codecs"]["roi-1"] = {"family": "roi", "codec": "mse-1", "qf": 1.4}
 
-    edit(project, roi)
+    edit_params(project, roi)
     with pytest.raises(ParamsError, match=r"encode.datasets.photos.codecs: roi-1 is a roi codec"):
         load_params("params.yaml")
-    edit(project, lambda p: p["encode"]["datasets"]["photos"].update(codecs=["mse-1"]))
+    edit_params(project, lambda p: p["encode"]["datasets"]["photos"].update(codecs=["mse-1"]))
     assert load_params("params.yaml").coded_set("photos").codecs == ("mse-1",)
 
 
 def test_a_coded_dataset_of_its_own_resize(project):
     """`encode.datasets.photos.resize`: its resize@ stage, its codecs on the resized photos;
     the primary's stages untouched."""
-    edit(project, lambda p: p["encode"]["datasets"]["photos"].update(resize={"shorter_edge": 96}))
+    edit_params(
+        project, lambda p: p["encode"]["datasets"]["photos"].update(resize={"shorter_edge": 96})
+    )
     found = stages(project)
     assert set(found["resize"]["foreach"]) == {"photos"}
     assert found["resize"]["foreach"]["photos"]["p0"] == "encode.datasets.photos.resize"

@@ -5,7 +5,6 @@ touches; and `dvc repro --dry` on a fresh clone and after a failed pipeline chec
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from tests.helpers.dvc import (
     copy_project,
@@ -15,18 +14,12 @@ from tests.helpers.dvc import (
     run,
     status,
 )
+from tests.helpers.params import edit_params
 from tests.helpers.project import REPO
 
 pytestmark = pytest.mark.slow
 
 CODECS = {f"jpeg-q{q}": {"family": "jpeg", "quality": q} for q in (10, 40)}
-
-
-def edit_params(project, change) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    change(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from icmflow.pipeline.cli import app
 from icmflow.pipeline.dvcfile import render
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
+from tests.helpers.params import edit_params
 from tests.helpers.project import REPO
 
 runner = CliRunner()
@@ -146,12 +147,6 @@ def project(tmp_path, monkeypatch, sample_root):
     return tmp_path
 
 
-def edit(project, change) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    change(params)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def test_prepare_merges_the_files_of_a_split(project, parts):
     _, _, paths = parts
     for path in paths:
@@ -182,7 +177,7 @@ def test_a_list_only_where_files_are_merged(project, entry, message):
         dataset["splits"]["val"]["annotations"] = annotations
         dataset.update({k: v for k, v in entry.items() if k != "annotations"})
 
-    edit(project, change)
+    edit_params(project, change)
     with pytest.raises(ParamsError, match=message):
         load_params("params.yaml")
 
@@ -198,7 +193,7 @@ def test_a_datasets_own_on_error_overrides_prepare_on_error(project):
     """One broken polygon: `parts` skips it (its own on_error), `sample` stops (raise)."""
     val = project / "coco" / "annotations" / "instances_val.json"
     break_first_polygon(val)
-    edit(
+    edit_params(
         project,
         lambda p: p["datasets"]["parts"].update(
             on_error="skip", splits={"val": {"images": "val", "annotations": [str(val)]}}
@@ -215,7 +210,7 @@ def test_a_datasets_own_on_error_overrides_prepare_on_error(project):
 
 
 def test_dvc_tracks_prepare_on_error_only_for_the_datasets_without_their_own(project):
-    edit(project, lambda p: p["datasets"]["parts"].update(on_error="skip"))
+    edit_params(project, lambda p: p["datasets"]["parts"].update(on_error="skip"))
     params = load_params("params.yaml")
     stages = yaml.safe_load(
         render(params, yaml.safe_load((project / "params.yaml").read_text()), project)

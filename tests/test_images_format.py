@@ -21,7 +21,7 @@ from icmflow.pipeline.dvcfile import render
 from icmflow.pipeline.params import ParamsError, check_registered, load_params
 from icmflow.pipeline.paths import Paths
 from tests.helpers.layouts import write_photos
-from tests.helpers.params import learned_entry
+from tests.helpers.params import edit_params, learned_entry
 from tests.helpers.project import real_sample
 
 runner = CliRunner()
@@ -90,12 +90,6 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def edit(project, change) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    change(params)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.mark.slow
 def test_a_minimal_project_runs_prepare_to_report(project):
     params = load_params("params.yaml")
@@ -131,18 +125,18 @@ def csv_rows(path) -> list[dict]:
 
 
 def test_what_needs_annotations_refuses_an_images_dataset(project):
-    edit(project, lambda p: p["codecs"].update({"object-1": learned_entry("object")}))
+    edit_params(project, lambda p: p["codecs"].update({"object-1": learned_entry("object")}))
     with pytest.raises(ParamsError, match=r"codecs\.object-1\.objective: object trains on object"):
         check_registered(load_params("params.yaml"))
-    edit(project, lambda p: p["codecs"].pop("object-1"))
+    edit_params(project, lambda p: p["codecs"].pop("object-1"))
     result = runner.invoke(app, ["masks", "photos"])
     assert result.exit_code == 1 and "has format images, without annotations" in result.output
     task = {"kind": "detection", "backend": "ultralytics", "weights": "yolo.pt"}
-    edit(project, lambda p: p.update(tasks={"det": task}))
+    edit_params(project, lambda p: p.update(tasks={"det": task}))
     with pytest.raises(ParamsError, match=r"tasks: task models are scored against annotations"):
         load_params("params.yaml")
     roi = {"family": "roi", "codec": "mse-1", "qf": 1.4}
-    edit(project, lambda p: (p.pop("tasks"), p["codecs"].update({"roi-1": roi})))
+    edit_params(project, lambda p: (p.pop("tasks"), p["codecs"].update({"roi-1": roi})))
     with pytest.raises(ParamsError, match=r"codecs\.roi-1: roi codecs code the objects' region"):
         load_params("params.yaml")
 
@@ -155,6 +149,8 @@ def test_what_needs_annotations_refuses_an_images_dataset(project):
     ],
 )
 def test_annotations_as_the_format_has_them(project, format, split, message):
-    edit(project, lambda p: p["datasets"]["photos"].update(format=format, splits={"val": split}))
+    edit_params(
+        project, lambda p: p["datasets"]["photos"].update(format=format, splits={"val": split})
+    )
     with pytest.raises(ParamsError, match=message):
         load_params("params.yaml")

@@ -6,25 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from icmflow.coding.bitstream import unpack
 from icmflow.coding.roi import unpack_roi
 from tests.helpers.dvc import copy_project, ran_stages, resolved_stages, run, status
-from tests.helpers.params import learned_entry
+from tests.helpers.params import edit_params, learned_entry
 
 pytestmark = pytest.mark.slow
 
 LEARNED = {"mse-1": learned_entry("mse", 0.01), "object-1": learned_entry("object", 0.1)}
 CLASSICAL = {f"jpeg-q{q}": {"family": "jpeg", "quality": q} for q in (10, 40)}
 ROI = {"roi-mse-1": {"family": "roi", "codec": "mse-1", "qf": 1.4}}
-
-
-def edit_params(project, change) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    change(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -24,7 +23,8 @@ from icmflow.pipeline.cli import app
 from icmflow.pipeline.dvcfile import render
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
-from tests.helpers.project import REPO
+from tests.helpers.params import sample_params
+from tests.test_coded_datasets import ok
 
 runner = CliRunner()
 EDGE, PAD = 100, 64
@@ -63,25 +63,11 @@ def test_annotations_follow_the_pixels():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, sample_root):
-    shutil.copytree(sample_root, tmp_path / "coco")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"] = {"sample": params["datasets"]["sample"]}
-    params["datasets"]["sample"]["root"] = str(tmp_path / "coco")
-    params["masks"].update(n_workers=1, images_per_shard=4)
-    params["codecs"] = {"jpeg-q40": {"family": "jpeg", "quality": 40}}
-    params["encode"].update(
-        n_workers=1, train_split=None, resize={"shorter_edge": EDGE, "pad_multiple": PAD}
-    )
-    params["tasks"] = {}
-    params["report"]["anchors"] = ["jpeg"]
+    params = sample_params(tmp_path, sample_root, {"jpeg-q40": {"family": "jpeg", "quality": 40}})
+    params["encode"]["resize"] = {"shorter_edge": EDGE, "pad_multiple": PAD}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def ok(*command: str) -> None:
-    result = runner.invoke(app, list(command))
-    assert result.exit_code == 0, (command, result.output)
 
 
 def test_codecs_code_the_resized_padded_images_and_are_measured_on_the_resized(project):

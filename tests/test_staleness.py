@@ -6,7 +6,6 @@ report names `icmflow evaluate`; after preparing again, the masks and coded data
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
@@ -14,8 +13,7 @@ from typer.testing import CliRunner
 
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
-from tests.helpers.params import learned_entry
-from tests.helpers.project import REPO
+from tests.helpers.params import edit_params, learned_entry, sample_params
 
 runner = CliRunner()
 
@@ -23,19 +21,9 @@ runner = CliRunner()
 @pytest.fixture
 def project(tmp_path, monkeypatch, sample_root):
     """The sample, one tiny learned codec and one JPEG codec, run from prepare to report."""
-    shutil.copytree(sample_root, tmp_path / "coco")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"] = {"sample": params["datasets"]["sample"]}
-    params["datasets"]["sample"]["root"] = str(tmp_path / "coco")
-    params["masks"].update(n_workers=1, images_per_shard=4)
+    codecs = {"object-1": learned_entry("object"), "jpeg-q25": {"family": "jpeg", "quality": 25}}
+    params = sample_params(tmp_path, sample_root, codecs)
     params["train"].update(steps=2, batch_size=2, patch_size=64, lr_milestones=[])
-    params["codecs"] = {
-        "object-1": learned_entry("object"),
-        "jpeg-q25": {"family": "jpeg", "quality": 25},
-    }
-    params["encode"].update(n_workers=1, train_split=None)
-    params["tasks"] = {}
-    params["report"]["anchors"] = ["jpeg"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     for command in (
@@ -61,12 +49,6 @@ def refused(command: list[str], made: str, older: str, rerun: str) -> None:
     assert f"{made} was made from an older {older}: rerun `{rerun}`" in result.output
 
 
-def edit(project, change) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    change(params)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-
-
 def test_outputs_record_the_command_and_the_digests_of_what_they_were_made_from(project):
     record = json.loads((Paths().coded("object-1") / "provenance.json").read_text())
     assert record["command"] == "icmflow encode object-1"
@@ -87,7 +69,7 @@ def test_outputs_record_the_command_and_the_digests_of_what_they_were_made_from(
 
 
 def test_after_retraining_evaluate_and_report_name_the_encode_to_rerun(project):
-    edit(project, lambda p: p["train"].update(seed=1))
+    edit_params(project, lambda p: p["train"].update(seed=1))
     ok(["train", "object-1"])
     coded, checkpoint = "data/coded/object-1", "models/object-1/checkpoint.pth.tar"
     refused(["evaluate", "object-1"], coded, checkpoint, "icmflow encode object-1")

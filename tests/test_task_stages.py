@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from icmflow.pipeline.cli import app
 from icmflow.pipeline.paths import Paths
+from tests.helpers.params import edit_params
 from tests.helpers.project import REPO
 
 runner = CliRunner()
@@ -24,13 +25,6 @@ def invoke(*args: str) -> str:
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def edit_params(change) -> None:
-    path = Path("params.yaml")
-    params = yaml.safe_load(path.read_text())
-    change(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +107,12 @@ def test_missing_weights_and_unmapped_classes_fail_before_any_image(project, mon
     monkeypatch.chdir(project)
     saved = (project / "params.yaml").read_text()
     try:
-        edit_params(lambda p: p["tasks"][TASK].update(weights="models/nope.pt", train=None))
+        edit_params(Path(), lambda p: p["tasks"][TASK].update(weights="models/nope.pt", train=None))
         result = runner.invoke(app, ["infer", "original", TASK])
         assert result.exit_code == 1
         assert "models/nope.pt" in result.output and "never downloads" in result.output
         (project / "params.yaml").write_text(saved)
-        edit_params(lambda p: p["tasks"][TASK].update(classes={1: 0, 2: 1}))
+        edit_params(Path(), lambda p: p["tasks"][TASK].update(classes={1: 0, 2: 1}))
         result = runner.invoke(app, ["infer", "original", TASK])
         assert result.exit_code == 1 and "box" in result.output and "classes" in result.output
     finally:
@@ -157,7 +151,7 @@ def test_a_torchvision_rcnn_with_random_weights_infers_on_a_coded_split(project,
         "options": {"arch": "fasterrcnn_mobilenet_v3_large_fpn", "num_classes": 4},
     }
     try:
-        edit_params(lambda p: p["tasks"].update(rcnn=rcnn))
+        edit_params(Path(), lambda p: p["tasks"].update(rcnn=rcnn))
         invoke("infer", "jpeg-q25", "rcnn")
     finally:
         (project / "params.yaml").write_text(saved)
