@@ -16,6 +16,7 @@ from icmflow.vision.tasks.differentiable import RcnnTaskLoss, YoloTaskLoss, load
 from icmflow.vision.tasks.offline import import_ultralytics
 from tests.helpers.builders import random_task_weights
 from tests.helpers.codecs import textured_image, to_batch
+from tests.helpers.task_models import codec, frozen_state, random_rcnn
 
 TINY_BRANCH = {"branch_widths": (16, 16, 16, 16, 32), "branch_groups": 8}
 
@@ -43,25 +44,11 @@ def yolo() -> YoloTaskLoss:
 
 @pytest.fixture(scope="module")
 def rcnn(tmp_path_factory) -> RcnnTaskLoss:
-    spec = TaskModelSpec(
-        kind="detection",
-        weights=tmp_path_factory.mktemp("rcnn") / "weights.pt",
-        input_size=64,
-        options={"arch": "fasterrcnn_mobilenet_v3_large_fpn", "num_classes": 3, "conf": 0.0},
-    )
-    return load_task_loss("torchvision", random_task_weights(spec), conf=0.0)
-
-
-def codec():
-    return create_model("bmshj2018-hyperprior", seed=0, N=16, M=24)
+    return random_rcnn(tmp_path_factory.mktemp("rcnn"))
 
 
 def objective(name: str, task, **args):
     return OBJECTIVES[name](lmbda=1.0, task=task, **args)
-
-
-def frozen_state(task) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in task.model.state_dict().items()}
 
 
 SETTINGS = TrainSettings(steps=3, batch_size=2, lr=1e-3, aux_lr=1e-3, save_every=2)

@@ -20,25 +20,12 @@ from icmflow.datasets.formats.cityscapes import (
     to_label_ids,
     to_train_ids,
 )
-from icmflow.datasets.prepared import PreparedDataset
 from icmflow.tasks.accuracy import score_predictions
 from icmflow.tasks.classes import class_mapping
 from icmflow.tasks.predictions import label_png_path
 from icmflow.tasks.semantic import cityscapes_truth
+from tests.helpers.cityscapes import split_images
 from tests.helpers.project import real_sample
-
-
-def split_images(root: Path, split: str) -> PreparedDataset:
-    """The images of `root/leftImg8bit/<split>` as a prepared dataset's image entries."""
-    images = []
-    folder = root / "leftImg8bit" / split
-    for number, path in enumerate(sorted(folder.rglob(f"*{IMAGE_SUFFIX}")), start=1):
-        with Image.open(path) as image:
-            width, height = image.size
-        name = path.relative_to(folder).as_posix()
-        images.append({"id": number, "file_name": name, "width": width, "height": height})
-    assert images, f"no images under {folder}"
-    return PreparedDataset(root / f"{split}.json", {"images": images, "categories": []})
 
 
 def test_train_ids_are_cityscapes_own():

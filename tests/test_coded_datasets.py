@@ -15,6 +15,7 @@ from icmflow.pipeline.cli import app
 from icmflow.pipeline.dvcfile import render
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
+from tests.helpers.cli import ok
 from tests.helpers.layouts import write_photos
 from tests.helpers.params import edit_params, learned_entry, sample_params
 
@@ -35,11 +36,6 @@ def project(tmp_path, monkeypatch, sample_root):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def ok(*command: str) -> None:
-    result = runner.invoke(app, list(command))
-    assert result.exit_code == 0, (command, result.output)
 
 
 def rows(path) -> list[dict]:

@@ -18,29 +18,15 @@ from icmflow.training.data import TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.targets import GroundTruth
 from icmflow.training.trainer import TrainSettings, read_log, train_codec
-from icmflow.vision.tasks.base import Detections, TaskModelSpec
+from icmflow.vision.tasks.base import Detections
 from icmflow.vision.tasks.differentiable import load_task_loss
 from icmflow.vision.tasks.torchvision_backend import load_model
-from tests.helpers.builders import random_task_weights, save_trained
+from tests.helpers.builders import save_trained
 from tests.helpers.codecs import textured_image
 from tests.helpers.project import REPO
+from tests.helpers.task_models import TASKS, task_spec
 
 SETTINGS = TrainSettings(steps=2, batch_size=2, lr=1e-3, aux_lr=1e-3)
-TASKS = {
-    "semantic_segmentation": ("deeplabv3_resnet18", "class_map"),
-    "detection": ("fasterrcnn_resnet18_fpn", "boxes"),
-}
-
-
-def task_spec(kind: str, tmp_path) -> TaskModelSpec:
-    return random_task_weights(
-        TaskModelSpec(
-            kind=kind,
-            weights=tmp_path / "task.pt",
-            input_size=64,
-            options={"arch": TASKS[kind][0], "num_classes": 4},
-        )
-    )
 
 
 @pytest.mark.parametrize("kind", sorted(TASKS))

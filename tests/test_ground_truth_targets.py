@@ -16,10 +16,15 @@ from icmflow.training.data import Seeded, TrainingCrops
 from icmflow.training.objectives import OBJECTIVES
 from icmflow.training.targets import TARGETS, GroundTruth, crop_boxes, mirror_boxes
 from icmflow.training.trainer import TrainSettings, train_codec
-from icmflow.vision.tasks.differentiable import BoxTargets, load_task_loss
-from tests.test_auxiliary import codec, frozen_state, rcnn  # noqa: F401 (fixture)
+from icmflow.vision.tasks.differentiable import BoxTargets, RcnnTaskLoss, load_task_loss
+from tests.helpers.task_models import codec, frozen_state, random_rcnn, task_spec
 
 CLASS_OF = {1: 1, 2: 2, 3: 3}
+
+
+@pytest.fixture(scope="module")
+def rcnn(tmp_path_factory) -> RcnnTaskLoss:
+    return random_rcnn(tmp_path_factory.mktemp("rcnn"))
 
 
 def test_crops_keep_boxes_mostly_inside_and_clip_them():
@@ -93,7 +98,7 @@ def test_box_batches_collate_to_a_list(sample_prepared):
     assert isinstance(batch[TARGETS], list) and len(batch[TARGETS]) == 3
 
 
-def test_task_loss_trains_on_ground_truth_boxes(rcnn, sample_prepared, tmp_path):  # noqa: F811
+def test_task_loss_trains_on_ground_truth_boxes(rcnn, sample_prepared, tmp_path):
     found = OBJECTIVES["task-loss"](lmbda=1.0, task=rcnn, targets="ground-truth")
     assert found.ground_truth == "boxes"
     two_classes = GroundTruth("boxes", {1: 1, 2: 2})  # the fixture's R-CNN: 2 classes + background
@@ -111,8 +116,6 @@ def test_task_loss_trains_on_ground_truth_boxes(rcnn, sample_prepared, tmp_path)
 
 
 def test_segmentation_loss_ignores_crowd_pixels(tmp_path):
-    from tests.test_compressed_domain_objective import task_spec
-
     task = load_task_loss("torchvision", task_spec("semantic_segmentation", tmp_path))
     x = torch.rand(1, 3, 64, 64)
     labels = torch.randint(0, 4, (1, 64, 64))

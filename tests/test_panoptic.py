@@ -20,8 +20,8 @@ from icmflow.tasks.panoptic import (
     merge_panoptic,
     score_panoptic,
 )
+from tests.helpers.cityscapes import split_images
 from tests.helpers.project import real_sample
-from tests.test_cityscapes_semantics import split_images
 
 ROAD, PERSON, CAR, SKY = 0, 11, 13, 10
 CATEGORIES = [

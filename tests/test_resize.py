@@ -23,8 +23,8 @@ from icmflow.pipeline.cli import app
 from icmflow.pipeline.dvcfile import render
 from icmflow.pipeline.params import ParamsError, load_params
 from icmflow.pipeline.paths import Paths
+from tests.helpers.cli import ok
 from tests.helpers.params import sample_params
-from tests.test_coded_datasets import ok
 
 runner = CliRunner()
 EDGE, PAD = 100, 64

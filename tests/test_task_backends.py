@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision.models._api
 
 from icmflow.core.errors import CheckpointError, IcmflowError, InputError
 from icmflow.datasets.images import read_rgb
@@ -22,6 +20,7 @@ from icmflow.vision.tasks.base import (
 )
 from icmflow.vision.tasks.torchvision_backend import build
 from icmflow.vision.tasks.ultralytics_backend import write_yolo_layout
+from tests.helpers.network import no_network_access
 
 TFLITE = Path("/work/shared/models/yolov8n_full_integer_quant.tflite")
 COCO8_IMAGE = Path("/work/shared/samples/coco8-yolo/images/val/000000000036.jpg")
@@ -32,19 +31,7 @@ TORCHVISION = TASK_BACKENDS["torchvision"]
 @pytest.fixture(scope="module", autouse=True)
 def no_network():
     """Any connection attempt or torchvision weight download fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access: {args}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        for module, name in (
-            (socket.socket, "connect"),
-            (socket, "create_connection"),
-            (socket, "getaddrinfo"),
-            (torch.hub, "load_state_dict_from_url"),
-            (torchvision.models._api, "load_state_dict_from_url"),
-        ):
-            patch.setattr(module, name, refuse)
+    with no_network_access():
         yield
 
 

@@ -34,9 +34,9 @@ from icmflow.vision.tasks.yolov5_loss import YoloV5Loss
 from icmflow.vision.tasks.yolov5_model import class_names
 from icmflow.vision.tasks.yolov5_predict import letterbox, rect_shape, select
 from icmflow.vision.tasks.yolov5_train import Batches
+from tests.helpers.network import no_network_access
 from tests.helpers.project import REPO
 from tests.helpers.yolov5 import reference_model, tiny_yolov5, yolov5_reference
-from tests.test_task_backends import no_network  # noqa: F401  (autouse: no connection at all)
 
 NAMES = ["disc", "star", "box"]
 """The sample's categories (ids 1, 2, 3)."""
@@ -50,6 +50,13 @@ YOLOV5_GLOBALS = {
     "models.common.SPPF",
     "models.common.Concat",
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Any connection attempt or torchvision weight download fails the test."""
+    with no_network_access():
+        yield
 
 
 @pytest.fixture(scope="module")
