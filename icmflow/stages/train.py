@@ -120,21 +120,7 @@ def _run(params: Params, paths: Paths, name: str) -> None:
             load_initial(model, initial)
         objective = objective_cls(lmbda=entry.lmbda, **arguments)
         objective.bind(model)
-        result = train_codec(
-            model,
-            objective,
-            TrainingCrops(
-                dataset,
-                masks,
-                options.patch_size,
-                cache=_cache(options, dataset, masks),
-                targets=_ground_truth(params, paths, name, objective, dataset),
-            ),
-            _settings(options, group),
-            log_path=work.path / "train_log.csv",
-            state_path=work.path / "state.pt",
-            group=group,
-        )
+        result = _train(params, paths, name, model, objective, dataset, masks, work, group)
     if group.main:
         kept = objective.checkpoint_extra()
         _save(params, paths, name, entry, options, result, kept, init_record, inputs)
@@ -225,15 +211,8 @@ def _run_scalable(params: Params, paths: Paths, name: str, device: torch.device)
             entry.model_args,
             seed=options.seed,
         )
-        result = train_codec(
-            model,
-            OBJECTIVES[entry.objective](lmbda=entry.lmbda),
-            TrainingCrops(dataset, {}, options.patch_size, cache=_cache(options, dataset, {})),
-            _settings(options, group),
-            log_path=work.path / "train_log.csv",
-            state_path=work.path / "state.pt",
-            group=group,
-        )
+        objective = OBJECTIVES[entry.objective](lmbda=entry.lmbda)
+        result = _train(params, paths, name, model, objective, dataset, {}, work, group)
     if group.main:
         model, fields = _trained(result, entry, options)
         save_scalable(paths.checkpoint(name), model, machine_checkpoint, **fields)
@@ -270,21 +249,7 @@ def _run_secondary(params: Params, paths: Paths, name: str, device: torch.device
         model = FrozenCodec(load_codec(primary))
         objective = OBJECTIVES[entry.objective](lmbda=record["icmflow"]["lambda"], **arguments)
         objective.bind(model)
-        result = train_codec(
-            model,
-            objective,
-            TrainingCrops(
-                dataset,
-                {},
-                options.patch_size,
-                cache=_cache(options, dataset, {}),
-                targets=_ground_truth(params, paths, name, objective, dataset),
-            ),
-            _settings(options, group),
-            log_path=work.path / "train_log.csv",
-            state_path=work.path / "state.pt",
-            group=group,
-        )
+        result = _train(params, paths, name, model, objective, dataset, {}, work, group)
     if group.main:  # the codec as trained through (not updated: its tables are the primary's)
         meta = record["icmflow"]
         extra = {
@@ -358,6 +323,38 @@ def _trained(
         "aux_optimizer": result.aux_optimizer,
         "extra": {**extra, **(kept or {})},
     }
+
+
+def _train(
+    params: Params,
+    paths: Paths,
+    name: str,
+    model: torch.nn.Module,
+    objective: Objective,
+    dataset: PreparedDataset,
+    masks: dict,
+    work: WorkDir,
+    group: Group,
+) -> TrainResult:
+    """Train `model` on crops of `dataset` (and `masks`) with `name`'s training settings, its
+    log and resumable state in `work`."""
+    options = params.training(name)
+    crops = TrainingCrops(
+        dataset,
+        masks,
+        options.patch_size,
+        cache=_cache(options, dataset, masks),
+        targets=_ground_truth(params, paths, name, objective, dataset),
+    )
+    return train_codec(
+        model,
+        objective,
+        crops,
+        _settings(options, group),
+        log_path=work.path / "train_log.csv",
+        state_path=work.path / "state.pt",
+        group=group,
+    )
 
 
 def _cache(options: TrainParams, dataset: PreparedDataset, masks: dict) -> bool:
