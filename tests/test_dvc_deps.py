@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from icmflow.pipeline.dvcfile import render, stage_code
@@ -15,10 +16,15 @@ from tests.helpers.dvc import missing_code, resolved_stages
 from tests.helpers.project import REPO
 
 
-def test_committed_dvc_yaml_is_generated_from_params_and_current():
-    params_path = REPO / "params.yaml"
-    text = render(load_params(params_path), yaml.safe_load(params_path.read_text()), REPO)
-    assert (REPO / "dvc.yaml").read_text() == text, "dvc.yaml is stale: run `icmflow pipeline`"
+@pytest.mark.parametrize("project", [".", "papers", "task-driven", "studies/coco"])
+def test_committed_dvc_yaml_is_generated_from_params_and_current(project):
+    """Each DVC project's committed dvc.yaml (the demo's and the three beside it)."""
+    root = REPO / project
+    params_path = root / "params.yaml"
+    text = render(load_params(params_path), yaml.safe_load(params_path.read_text()), root)
+    assert (root / "dvc.yaml").read_text() == text, (
+        f"{project}/dvc.yaml is stale: run `icmflow --params {project}/params.yaml pipeline`"
+    )
 
 
 def test_every_stage_depends_on_every_file_of_icmflow_it_imports():
