@@ -394,15 +394,19 @@ class SegmentationHead(AuxiliaryHead):
             nn.Conv2d(width, num_classes, 1),
         )
 
-    def forward(
-        self, features: list[torch.Tensor], targets: torch.Tensor, image_size: tuple[int, int]
-    ) -> torch.Tensor:
+    def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Class logits at the finest feature map's size, from all feature maps summed."""
         size = features[0].shape[-2:]
         summed = sum(
             F.interpolate(reduce(f), size=size, mode="bilinear", align_corners=False)
             for reduce, f in zip(self.reduce, features, strict=True)
         )
-        return _segmentation_loss({"out": self.classify(summed)}, targets)
+        return self.classify(summed)
+
+    def forward(
+        self, features: list[torch.Tensor], targets: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        return _segmentation_loss({"out": self.logits(features)}, targets)
 
 
 class SegmentationTaskLoss(TaskLoss):
@@ -441,12 +445,7 @@ class ForegroundHead(SegmentationHead):
     def forward(
         self, features: list[torch.Tensor], targets: torch.Tensor, image_size: tuple[int, int]
     ) -> torch.Tensor:
-        size = features[0].shape[-2:]
-        summed = sum(
-            F.interpolate(reduce(f), size=size, mode="bilinear", align_corners=False)
-            for reduce, f in zip(self.reduce, features, strict=True)
-        )
-        return _foreground_loss({"out": self.classify(summed)}, targets)
+        return _foreground_loss({"out": self.logits(features)}, targets)
 
 
 def _foreground_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
